@@ -1,0 +1,40 @@
+# The README's commands. `make test` and `make demo` create .venv when it is missing and install the pinned
+# set-up into it; later runs reuse it (the stamp is redone when requirements-dev.txt or the packaging changes).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH_PIN := torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+.PHONY: test lint format info bench-eval venv clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements-dev.txt pyproject.toml setup.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PIN)
+	$(PY) -m pip install --quiet -r requirements-dev.txt $(TORCH_PIN)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+info: $(STAMP)
+	$(VENV)/bin/reidscale info
+
+bench-eval: $(STAMP)
+	$(PY) benchmarks/bench_eval.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from reidscale.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""``reidscale <command>``: the one entry point every job shares.
+
+Commands take ``--config FILE.yaml`` and dotted overrides (``--eval.rerank.k1 30``) on top of the typed
+defaults in ``reidscale.config.schema``; ``reidscale config`` lists every option with its doc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from reidscale.config import Config, ConfigError, describe, load_config, write_run_record
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None, help="YAML config file (see configs/)")
+    parser.epilog = (
+        "Any config option can be overridden as --section.key VALUE; `reidscale config` lists them."
+    )
+
+
+def _split_overrides(
+    parser: argparse.ArgumentParser, argv: Sequence[str]
+) -> tuple[argparse.Namespace, list[str]]:
+    args, rest = parser.parse_known_args(argv)
+    stray = [tok for tok in rest if tok.startswith("--") and "." not in tok.split("=", 1)[0]]
+    if stray:
+        parser.error(f"unrecognised argument(s): {' '.join(stray)}")
+    return args, rest
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from reidscale.info import collect_info, format_info
+
+    report = collect_info()
+    print(json.dumps(report, indent=2) if args.json else format_info(report))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace, overrides: list[str]) -> int:
+    from reidscale.config import dump_yaml
+
+    if args.resolved:
+        print(dump_yaml(load_config(Config, args.config, overrides)), end="")
+        return 0
+    for key, type_name, doc in describe(Config):
+        print(f"--{key:<32} {type_name:<28} {doc}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
+    from reidscale.evaluation.evaluator import (
+        evaluate_feature_set,
+        format_results_table,
+        results_payload,
+        save_rank_lists,
+    )
+    from reidscale.evaluation.features import load_feature_file
+    from reidscale.tracking import WandbOptions, build_tracker
+    from reidscale.utils.io import atomic_write_json
+
+    if args.rerank:
+        overrides = [*overrides, "--eval.rerank.enabled", "true"]
+    if args.visualize is not None:
+        overrides = [*overrides, "--eval.num_visualize", str(args.visualize)]
+    config = load_config(Config, args.config, overrides)
+    features = load_feature_file(args.features)
+    output = Path(args.output)
+    stem = output.with_suffix("")
+    write_run_record(stem, config)
+    wandb = config.tracking.wandb
+    tracker = build_tracker(
+        config.tracking.backends,
+        run_dir=output.parent,
+        run_name=config.run.name,
+        config={"config": _config_dict(config), "features": str(args.features)},
+        wandb_options=WandbOptions(
+            project=wandb.project,
+            entity=wandb.entity,
+            name=wandb.name or config.run.name,
+            tags=list(wandb.tags),
+            mode=wandb.mode,
+            group=wandb.group,
+            dir=str(output.parent),
+        ),
+        jsonl_path=config.tracking.jsonl_path or output.parent / f"{stem.name}.metrics.jsonl",
+        show_progress=config.tracking.progress,
+    )
+    with tracker:
+        metrics = evaluate_feature_set(features, config.eval, progress=tracker.progress)
+        print(
+            f"{features.num_query} queries x {features.num_gallery} gallery, metric={config.eval.metric}"
+            f"{', re-ranked' if config.eval.rerank.enabled else ''}"
+        )
+        print(format_results_table(metrics))
+        atomic_write_json(output, results_payload(metrics, config.eval))
+        print(f"results written to {output}")
+        summary = {"eval/mAP": metrics.mAP, "eval/mINP": metrics.mINP}
+        summary.update({f"eval/R{r}": metrics.cmc[r - 1] for r in (1, 5, 10) if r <= len(metrics.cmc)})
+        tracker.log(summary, step=0)
+        if config.eval.num_visualize > 0:
+            png = save_rank_lists(features, config.eval, output.parent / f"{stem.name}.ranklist.png")
+            tracker.log_image("eval/rank_list", png, step=0)
+            print(f"rank lists drawn to {png}")
+    return 0
+
+
+def _config_dict(config: Config) -> dict:
+    from reidscale.config import config_to_dict
+
+    return config_to_dict(config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reidscale", description="Large-scale person ReID pre-training.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
+
+    info = sub.add_parser("info", help="versions, GPUs, usable kernel backends and optional components")
+    info.add_argument(
+        "--json", action="store_true", help="print JSON (keys versions, gpus, backends, components)"
+    )
+
+    config = sub.add_parser("config", help="list every config option, or print a resolved config")
+    _add_config_args(config)
+    config.add_argument(
+        "--resolved", action="store_true", help="print the resolved YAML instead of the option list"
+    )
+
+    evaluate = sub.add_parser("evaluate", help="mAP / CMC / mINP of a feature file (standard ReID protocol)")
+    _add_config_args(evaluate)
+    evaluate.add_argument(
+        "--features", required=True, type=Path, help=".pt or .npz with query/gallery feats+labels"
+    )
+    evaluate.add_argument("--output", required=True, type=Path, help="results JSON to write")
+    evaluate.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (eval.rerank.*)")
+    evaluate.add_argument(
+        "--visualize",
+        type=int,
+        default=None,
+        metavar="N",
+        help="draw the top-10 rank lists of N queries (needs image paths in the features file)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, overrides = _split_overrides(parser, argv)
+    try:
+        if args.command == "info":
+            if overrides:
+                parser.error(f"info takes no config overrides, got {' '.join(overrides)}")
+            return cmd_info(args)
+        if args.command == "config":
+            return cmd_config(args, overrides)
+        return cmd_evaluate(args, overrides)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        print(f"reidscale {args.command}: error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,88 @@
+"""The config tree every reidscale command shares. Later subsystems add their own sections here.
+
+YAML files under ``configs/`` and ``--section.key VALUE`` overrides fill it (see ``loader``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from reidscale.config.fields import option
+
+
+@dataclass
+class RunConfig:
+    """Identity and location of a run."""
+
+    name: str = option("reidscale", "run name: the output folder name and the tracker run name")
+    output_dir: str = option("runs", "parent folder of run folders; a run writes to <output_dir>/<name>")
+    seed: int = option(0, "random seed for everything the run draws")
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases settings (offline unless the user opts in)."""
+
+    project: str = option("reidscale", "wandb project")
+    entity: str | None = option(None, "wandb entity (team or user); null = the account default")
+    name: str | None = option(None, "wandb run name; null = run.name")
+    group: str | None = option(None, "wandb group, e.g. to gather the ranks or the sweeps of one experiment")
+    tags: list[str] = option(doc="wandb tags", factory=list)
+    mode: Literal["online", "offline", "disabled"] | None = option(
+        None, "null = $WANDB_MODE if set, else online when $WANDB_API_KEY is set, else offline"
+    )
+
+
+@dataclass
+class TrackingConfig:
+    """Which experiment trackers receive metrics; only global rank 0 logs."""
+
+    backends: list[Literal["console", "jsonl", "wandb"]] = option(
+        doc="tracker backends to log to (any of console, jsonl, wandb)", factory=lambda: ["console", "jsonl"]
+    )
+    jsonl_path: str | None = option(None, "jsonl log file; null = <run dir>/metrics.jsonl")
+    progress: bool = option(True, "show progress bars on long work (console backend)")
+    wandb: WandbConfig = option(doc="wandb backend settings", factory=WandbConfig)
+
+
+@dataclass
+class RerankConfig:
+    """k-reciprocal re-ranking (Zhong et al. 2017)."""
+
+    enabled: bool = option(False, "re-rank the query-gallery distances before computing metrics")
+    k1: int = option(20, "k of the k-reciprocal neighbour sets")
+    k2: int = option(6, "neighbours averaged in the local query expansion (1 = none)")
+    lambda_value: float = option(0.3, "weight of the original distance in the final distance")
+
+
+@dataclass
+class EvalConfig:
+    """ReID evaluation (METHODS.md §4): distances, rank metrics, kNN search, re-ranking."""
+
+    metric: Literal["cosine", "euclidean"] = option(
+        "cosine", "distance between embeddings: cosine = 1-cos, euclidean = squared L2"
+    )
+    normalize: bool = option(True, "L2-normalise the features before computing distances")
+    max_rank: int = option(50, "largest CMC rank reported")
+    query_chunk: int | None = option(None, "queries per chunk; null = chosen from memory_budget_mb")
+    memory_budget_mb: int = option(1024, "working memory allowed for one chunk of query-gallery distances")
+    knn_backend: Literal["auto", "faiss", "torch"] = option(
+        "auto", "nearest-neighbour search: faiss (GPU index when faiss sees a GPU), chunked torch, or auto"
+    )
+    device: str = option(
+        "auto", "device for distance computation: auto (cuda when available), cpu, cuda, cuda:N"
+    )
+    rerank: RerankConfig = option(doc="k-reciprocal re-ranking", factory=RerankConfig)
+    num_visualize: int = option(
+        0, "queries drawn in the rank-list PNG (needs image paths in the features file)"
+    )
+
+
+@dataclass
+class Config:
+    """Root of the config tree."""
+
+    run: RunConfig = option(doc="run identity and output location", factory=RunConfig)
+    tracking: TrackingConfig = option(doc="experiment trackers", factory=TrackingConfig)
+    eval: EvalConfig = option(doc="evaluation", factory=EvalConfig)
