@@ -54,7 +54,6 @@ def distance_chunks(
     """
     if query_chunk < 1:
         raise ValueError(f"query_chunk must be >= 1, got {query_chunk}")
-    if metric == "cosine":  # normalise the gallery once instead of once per chunk
-        gallery_feats = l2_normalize(gallery_feats)
+    check_metric(metric)
     for start in range(0, query_feats.shape[0], query_chunk):
         yield start, pairwise_distance(query_feats[start : start + query_chunk], gallery_feats, metric)

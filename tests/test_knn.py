@@ -1,0 +1,135 @@
+"""kNN search: torch backend against brute force (full matrix + stable argsort), faiss against torch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reidscale.evaluation.distance import pairwise_distance
+from reidscale.evaluation.knn import faiss_available, knn_search
+
+FAISS_USABLE, FAISS_REASON = faiss_available()
+needs_faiss = pytest.mark.skipif(not FAISS_USABLE, reason=FAISS_REASON)
+
+
+def brute_force(queries: torch.Tensor, database: torch.Tensor, k: int, metric: str):
+    distances = pairwise_distance(queries, database, metric)
+    order = distances.argsort(dim=1, stable=True)[:, :k]
+    return distances.gather(1, order), order
+
+
+def tied_features(metric: str, num_queries: int, num_distinct: int, copies: int, seed: int):
+    """Features whose distances are computed exactly, with every database row repeated ``copies`` times
+    (interleaved, so tied rows sit far apart). cosine: ±1 entries in D=16 (norm 4, exact after
+    normalisation); euclidean: small integers in float64."""
+    generator = torch.Generator().manual_seed(seed)
+    if metric == "cosine":
+        signs = torch.randint(0, 2, (num_queries + num_distinct, 16), generator=generator).double() * 2 - 1
+        queries, distinct = signs.split([num_queries, num_distinct])
+    else:
+        values = torch.randint(-2, 3, (num_queries + num_distinct, 6), generator=generator).double()
+        queries, distinct = values.split([num_queries, num_distinct])
+    return queries, distinct.repeat(copies, 1)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize(("query_chunk", "database_chunk"), [(None, None), (5, 7), (1, 1), (64, 200)])
+def test_torch_backend_equals_brute_force_with_ties(metric: str, query_chunk, database_chunk):
+    queries, database = tied_features(metric, num_queries=23, num_distinct=17, copies=3, seed=1)  # N = 51
+    expected_distances, expected_indices = brute_force(queries, database, 9, metric)
+    distances, indices = knn_search(
+        queries, database, 9, metric, backend="torch", query_chunk=query_chunk, database_chunk=database_chunk
+    )
+    assert torch.equal(indices, expected_indices)
+    assert distances.dtype == torch.float32 and indices.dtype == torch.int64
+    torch.testing.assert_close(distances, expected_distances.float(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_torch_backend_on_random_float32(metric: str):
+    generator = torch.Generator().manual_seed(2)
+    queries, database = torch.randn(31, 12, generator=generator), torch.randn(97, 12, generator=generator)
+    expected_distances, expected_indices = brute_force(queries, database, 10, metric)
+    distances, indices = knn_search(
+        queries, database, 10, metric, backend="torch", query_chunk=4, database_chunk=10
+    )
+    assert torch.equal(indices, expected_indices)
+    torch.testing.assert_close(distances, expected_distances, rtol=0, atol=1e-5)
+    assert bool((distances[:, 1:] >= distances[:, :-1]).all())
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_k_equals_database_size_returns_the_full_order(metric: str):
+    queries, database = tied_features(metric, num_queries=6, num_distinct=5, copies=2, seed=3)
+    distances, indices = knn_search(
+        queries, database, database.shape[0], metric, backend="torch", database_chunk=3
+    )
+    expected_distances, expected_indices = brute_force(queries, database, database.shape[0], metric)
+    assert torch.equal(indices, expected_indices)
+    torch.testing.assert_close(distances, expected_distances.float(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("faiss", marks=needs_faiss)])
+def test_k_larger_than_database_raises(backend: str):
+    with pytest.raises(ValueError, match=r"k=6 exceeds the number of database rows \(5\)"):
+        knn_search(torch.randn(2, 4), torch.randn(5, 4), 6, backend=backend)
+
+
+def test_bad_arguments_raise_clear_errors():
+    queries, database = torch.randn(2, 4), torch.randn(5, 4)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        knn_search(queries, database, 2, backend="annoy")
+    with pytest.raises(ValueError, match="metric must be one of"):
+        knn_search(queries, database, 2, metric="dot")
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        knn_search(queries, database, 0)
+    with pytest.raises(ValueError, match="same dimension"):
+        knn_search(queries, torch.randn(5, 3), 2)
+    with pytest.raises(ValueError, match="database must be a 2-D floating-point"):
+        knn_search(queries, torch.ones(5, 4, dtype=torch.int64), 2)
+    with pytest.raises(ValueError, match="queries contain NaN or inf"):
+        knn_search(torch.full((2, 4), float("nan")), database, 2)
+    with pytest.raises(ValueError, match="database_chunk"):
+        knn_search(queries, database, 2, backend="torch", database_chunk=0)
+
+
+def test_no_queries_gives_empty_results():
+    distances, indices = knn_search(torch.randn(0, 4), torch.randn(5, 4), 3, backend="torch")
+    assert distances.shape == (0, 3) and indices.shape == (0, 3)
+
+
+@needs_faiss
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("query_chunk", [None, 7])
+def test_faiss_backend_equals_torch_backend(metric: str, query_chunk):
+    generator = torch.Generator().manual_seed(4)
+    # scaled so that distances are O(1) and float32 rounding stays far below the 1e-5 tolerance
+    queries, database = (torch.randn(n, 32, generator=generator) / 32**0.5 for n in (40, 300))
+    torch_distances, torch_indices = knn_search(queries, database, 15, metric, backend="torch")
+    faiss_distances, faiss_indices = knn_search(
+        queries, database, 15, metric, backend="faiss", query_chunk=query_chunk
+    )
+    assert torch.equal(faiss_indices, torch_indices)
+    assert faiss_distances.dtype == torch.float32 and faiss_indices.dtype == torch.int64
+    torch.testing.assert_close(faiss_distances, torch_distances, rtol=0, atol=1e-5)
+
+
+@needs_faiss
+def test_auto_backend_uses_faiss_and_reports_it():
+    assert FAISS_REASON.startswith("faiss ")
+    generator = torch.Generator().manual_seed(5)
+    queries, database = torch.randn(8, 16, generator=generator), torch.randn(50, 16, generator=generator)
+    _, auto_indices = knn_search(queries, database, 5)
+    _, torch_indices = knn_search(queries, database, 5, backend="torch")
+    assert torch.equal(auto_indices, torch_indices)
+
+
+@needs_faiss
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("copies", [3, 40])  # 40 copies: ties reach past faiss's extra neighbours
+def test_faiss_backend_breaks_ties_by_lower_index(metric: str, copies: int):
+    queries, database = tied_features(metric, num_queries=23, num_distinct=5, copies=copies, seed=4)
+    expected_distances, expected_indices = brute_force(queries, database, 9, metric)
+    distances, indices = knn_search(queries, database, 9, metric, backend="faiss")
+    assert torch.equal(indices, expected_indices)
+    torch.testing.assert_close(distances, expected_distances.float(), rtol=0, atol=1e-5)
