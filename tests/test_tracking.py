@@ -294,7 +294,6 @@ def test_multitracker_fans_out_with_one_resolved_step(tmp_path, capsys):
     assert [(r["step"], r["loss"]) for r in read_jsonl_history(jsonl_path)] == [(0, 2.0), (1, 1.0)]
     assert read_jsonl_config(jsonl_path) == {"seed": 3}
     assert capsys.readouterr().err.splitlines() == [
-        "config | seed = 3",
         "step 0 | loss 2.0000",
         "step 1 | loss 1.0000",
     ]

@@ -16,7 +16,9 @@ class RunConfig:
     """Identity and location of a run."""
 
     name: str = option("reidscale", "run name: the output folder name and the tracker run name")
-    output_dir: str = option("runs", "parent folder of run folders; a run writes to <output_dir>/<name>")
+    output_dir: str = option(
+        "runs", "parent folder of training run folders (<output_dir>/<name>); evaluate writes beside --output"
+    )
     seed: int = option(0, "random seed for everything the run draws")
 
 
@@ -41,7 +43,9 @@ class TrackingConfig:
     backends: list[Literal["console", "jsonl", "wandb"]] = option(
         doc="tracker backends to log to (any of console, jsonl, wandb)", factory=lambda: ["console", "jsonl"]
     )
-    jsonl_path: str | None = option(None, "jsonl log file; null = <run dir>/metrics.jsonl")
+    jsonl_path: str | None = option(
+        None, "jsonl log file; null = metrics.jsonl in the run folder (evaluate: <output stem>.metrics.jsonl)"
+    )
     progress: bool = option(True, "show progress bars on long work (console backend)")
     wandb: WandbConfig = option(doc="wandb backend settings", factory=WandbConfig)
 

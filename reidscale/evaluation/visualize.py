@@ -2,7 +2,7 @@
 
 The ranking follows the evaluation protocol: gallery items sorted by distance (ties by the lower index),
 items with the query's pid AND camera skipped. Each gallery cell has a green border when its pid equals the
-query's, red otherwise, and a caption "#rank distance"; the query cell has a dark border and its pid.
+query's, red otherwise, and a caption "rank: distance"; the query cell has a dark border and its pid.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 from torch import Tensor
 
+from reidscale.evaluation.metrics import as_label_tensor
 from reidscale.utils.io import atomic_write
 
 CORRECT_COLOUR = (0, 190, 0)
@@ -26,10 +27,7 @@ BORDER_WIDTH = 3
 
 def _as_int_tensor(values: Tensor | np.ndarray | Sequence[int], name: str) -> Tensor:
     """pids / camera ids of any array-like as a 1-D int64 tensor on the CPU."""
-    array = values.detach().cpu() if isinstance(values, Tensor) else torch.as_tensor(np.asarray(values))
-    if array.dim() != 1 or array.is_floating_point() or array.is_complex():
-        raise ValueError(f"{name} must be a 1-D sequence of integers, got shape {tuple(array.shape)}")
-    return array.long()
+    return as_label_tensor(values.detach() if isinstance(values, Tensor) else values, name).cpu()
 
 
 def ranked_gallery(
@@ -181,7 +179,7 @@ def save_rank_list_grid(
             zip(indices.tolist(), is_correct.tolist(), strict=True), start=1
         ):
             colour = CORRECT_COLOUR if correct else WRONG_COLOUR
-            caption = f"#{rank} {float(distances[row, gallery_index]):.3f}"
+            caption = f"{rank}: {float(distances[row, gallery_index]):.3f}"
             cell = _render_cell(gallery_paths[gallery_index], colour, caption, (height, width))
             canvas.paste(cell, (rank * width, top))
     return atomic_write(output_png, lambda tmp: canvas.save(tmp, format="PNG"))

@@ -117,8 +117,8 @@ def _build_backend(
     jsonl_path: str | Path | None,
     show_progress: bool,
 ) -> Tracker:
-    if name == "console":
-        return ConsoleTracker(show_progress=show_progress, config=config)
+    if name == "console":  # the resolved config lives in the run record; the console keeps to metrics
+        return ConsoleTracker(show_progress=show_progress)
     if name == "jsonl":
         path = jsonl_path if jsonl_path is not None else run_dir / DEFAULT_JSONL_NAME
         return JsonlTracker(path, config=config)
