@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from reidscale.config import Config, ConfigError, describe, load_config, write_run_record
+from reidscale.config import Config, ConfigError, config_to_dict, describe, load_config, write_run_record
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +76,7 @@ def cmd_evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
         config.tracking.backends,
         run_dir=output.parent,
         run_name=config.run.name,
-        config={"config": _config_dict(config), "features": str(args.features)},
+        config={**config_to_dict(config), "features": str(args.features)},
         wandb_options=WandbOptions(
             project=wandb.project,
             entity=wandb.entity,
@@ -106,12 +106,6 @@ def cmd_evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
             tracker.log_image("eval/rank_list", png, step=0)
             print(f"rank lists drawn to {png}")
     return 0
-
-
-def _config_dict(config: Config) -> dict:
-    from reidscale.config import config_to_dict
-
-    return config_to_dict(config)
 
 
 def build_parser() -> argparse.ArgumentParser:

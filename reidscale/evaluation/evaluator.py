@@ -40,7 +40,7 @@ def _prepared_feats(features: FeatureSet, config: EvalConfig) -> tuple[torch.Ten
 def iter_query_distances(features: FeatureSet, config: EvalConfig) -> Iterator[tuple[int, torch.Tensor]]:
     """(first query row, distances [c, G]) per query chunk, re-ranked when config.rerank.enabled."""
     query, gallery = _prepared_feats(features, config)
-    chunk = config.query_chunk or query_chunk_size(features.num_gallery, config.memory_budget_mb)
+    chunk = _query_chunk(features, config)
     if config.rerank.enabled:
         return rerank_distance_chunks(
             query,
@@ -66,9 +66,7 @@ def evaluate_feature_set(
     """
     chunks: Iterable[tuple[int, torch.Tensor]] = iter_query_distances(features, config)
     if progress is not None:
-        num_chunks = (
-            None if config.rerank.enabled else -(-features.num_query // _chunk_rows(features, config))
-        )
+        num_chunks = -(-features.num_query // _query_chunk(features, config))
         chunks = progress(chunks, total=num_chunks, desc="evaluate")
     device = resolve_device(config.device)
     accumulator = RankMetricAccumulator(
@@ -84,7 +82,8 @@ def evaluate_feature_set(
     return accumulator.compute()
 
 
-def _chunk_rows(features: FeatureSet, config: EvalConfig) -> int:
+def _query_chunk(features: FeatureSet, config: EvalConfig) -> int:
+    """Queries per chunk: eval.query_chunk, else sized from eval.memory_budget_mb."""
     return config.query_chunk or query_chunk_size(features.num_gallery, config.memory_budget_mb)
 
 
