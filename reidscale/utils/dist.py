@@ -32,8 +32,3 @@ def get_world_size() -> int:
     if torch_dist.is_available() and torch_dist.is_initialized():
         return torch_dist.get_world_size()
     return _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
-
-
-def is_main_process() -> bool:
-    """True on global rank 0 (the rank that logs and writes shared outputs)."""
-    return get_rank() == 0
