@@ -1,0 +1,1 @@
+"""Pre-training data: synthetic corpus, manifests, decoding (DALI / PyAV), multi-crop views, samplers."""
