@@ -1,0 +1,91 @@
+"""Manifests: every pre-training source read into one list of CropRecords (see ``..records``).
+
+``load_manifest(kind, path, **options)`` dispatches on MANIFEST_KINDS:
+
+- "video_tracklets": videos + MOT tracklet files (``read_video_tracklets``)
+- "luperson_nl":     ``<video>/<pid>_<frame>_<obj>.jpg`` crop folders (``read_luperson_nl``)
+- "cion_json":       CION-AL style JSON lists of ``{file_path, id}`` (``read_cion_json``)
+- "market":          one split of a Market-format benchmark folder (``read_market_manifest``)
+- "saved":           a manifest written by ``save_manifest`` (``read_saved_manifest``)
+
+Readers are strict by default and skip-and-count with ``strict=False`` (common.py explains the policy);
+``format_skip_report`` gives the end-of-job counts.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable
+
+from ..records import Manifest
+from .common import (
+    SKIP_REASONS,
+    ManifestError,
+    check_files_exist,
+    format_skip_report,
+    read_saved_manifest,
+    save_manifest,
+)
+from .ground_truth import GroundTruth, GroundTruthSegment, identity_at, read_ground_truth
+from .image_folders import read_cion_json, read_luperson_nl, read_market_manifest
+from .mot import VideoInfo, parse_mot_line, probe_video
+from .video_tracklets import VIDEO_EXTENSIONS, camera_of, read_camera_table, read_video_tracklets
+
+_READERS: dict[str, Callable[..., Manifest]] = {
+    "video_tracklets": read_video_tracklets,
+    "luperson_nl": read_luperson_nl,
+    "cion_json": read_cion_json,
+    "market": read_market_manifest,
+    "saved": read_saved_manifest,
+}
+MANIFEST_KINDS: tuple[str, ...] = tuple(_READERS)
+
+
+def manifest_options(kind: str) -> tuple[str, ...]:
+    """The keyword options the reader of ``kind`` accepts besides the path."""
+    parameters = list(inspect.signature(_reader(kind)).parameters.values())[1:]
+    return tuple(parameter.name for parameter in parameters)
+
+
+def load_manifest(kind: str, path: str | os.PathLike, **options: object) -> Manifest:
+    """Read the manifest of ``kind`` (one of MANIFEST_KINDS) at ``path`` with the reader's ``options``."""
+    accepted = manifest_options(kind)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        takes = ", ".join(accepted) if accepted else "no options"
+        raise ValueError(f"manifest kind {kind!r} does not take option(s) {unknown}; it takes {takes}")
+    return _reader(kind)(path, **options)
+
+
+def _reader(kind: str) -> Callable[..., Manifest]:
+    if kind not in _READERS:
+        raise ValueError(f"unknown manifest kind {kind!r}; known kinds: {', '.join(MANIFEST_KINDS)}")
+    return _READERS[kind]
+
+
+__all__ = [
+    "MANIFEST_KINDS",
+    "SKIP_REASONS",
+    "VIDEO_EXTENSIONS",
+    "GroundTruth",
+    "GroundTruthSegment",
+    "ManifestError",
+    "VideoInfo",
+    "camera_of",
+    "check_files_exist",
+    "format_skip_report",
+    "identity_at",
+    "load_manifest",
+    "manifest_options",
+    "parse_mot_line",
+    "probe_video",
+    "read_camera_table",
+    "read_cion_json",
+    "read_ground_truth",
+    "read_luperson_nl",
+    "read_market_manifest",
+    "read_saved_manifest",
+    "read_video_tracklets",
+    "save_manifest",
+]

@@ -1,0 +1,138 @@
+"""MOT-challenge tracklet files and the video facts that validate them (frame size and count, via PyAV).
+
+A line is ``frame,track_id,x,y,w,h[,conf,...]``: 1-based frame, integer track id >= 0, box in pixels
+(integers or decimals; decimals are rounded half up to whole pixels: x0 = round(x), x1 = round(x + w), same
+for y). Columns after the sixth are ignored; blank lines are skipped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from .common import IssuePolicy, ManifestError
+
+MOT_LINE_HELP = (
+    "'frame,track_id,x,y,w,h[,conf,...]' with integer frame >= 1, integer track_id >= 0, numeric box"
+)
+MIN_MOT_COLUMNS = 6
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """Frame size in pixels and frame count (None when the container does not store it)."""
+
+    width: int
+    height: int
+    num_frames: int | None
+
+
+@dataclass(frozen=True)
+class TrackBox:
+    """One parsed tracklet line: 1-based ``frame`` as in the file, box (x0, y0, x1, y1) in whole pixels."""
+
+    frame: int
+    track_id: int
+    corners: tuple[int, int, int, int]
+    line: int
+
+
+def probe_video(path: Path) -> VideoInfo:
+    """Width, height and frame count of the first video stream, read from the container headers only.
+
+    The count is ``stream.frames`` (stored by MP4 and AVI); Matroska/WebM leave it 0, and then it is None
+    and the frame-range check is skipped (counting by demuxing would read the whole file).
+    ManifestError naming the file when PyAV cannot open it or it holds no video stream.
+    """
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ManifestError(f"{path}: holds no video stream")
+            stream = container.streams.video[0]
+            width, height, frames = stream.width, stream.height, stream.frames
+    except av.FFmpegError as err:
+        raise ManifestError(f"{path}: cannot open the video with PyAV ({err})") from err
+    if width <= 0 or height <= 0:
+        raise ManifestError(f"{path}: video stream has no frame size ({width}x{height})")
+    return VideoInfo(width=width, height=height, num_frames=frames if frames > 0 else None)
+
+
+def _half_up(value: float) -> int:
+    return math.floor(value + 0.5)
+
+
+def _parse_int(name: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{name} {text!r} is not an integer") from None
+
+
+def parse_mot_line(text: str) -> tuple[int, int, tuple[int, int, int, int]]:
+    """(1-based frame, track id, (x0, y0, x1, y1)) of one line; ValueError saying what is wrong."""
+    fields = [field.strip() for field in text.split(",")]
+    if len(fields) < MIN_MOT_COLUMNS:
+        raise ValueError(f"{len(fields)} column(s), expected at least {MIN_MOT_COLUMNS}")
+    frame, track_id = _parse_int("frame", fields[0]), _parse_int("track_id", fields[1])
+    if frame < 1 or track_id < 0:
+        raise ValueError(f"frame {frame} / track_id {track_id} out of range (frame >= 1, track_id >= 0)")
+    try:
+        x, y, w, h = (float(value) for value in fields[2:6])
+    except ValueError:
+        raise ValueError(f"box {fields[2:6]} is not numeric") from None
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        raise ValueError(f"box {fields[2:6]} is not finite")
+    return frame, track_id, (_half_up(x), _half_up(y), _half_up(x + w), _half_up(y + h))
+
+
+def read_mot_file(path: Path, policy: IssuePolicy) -> list[TrackBox]:
+    """The boxes of one MOT file in file order; malformed lines and duplicate (frame, track) boxes are
+    errors naming ``path:line`` (strict) or skipped and counted."""
+    boxes: list[TrackBox] = []
+    seen: dict[tuple[int, int], int] = {}
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line_number, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            try:
+                frame, track_id, corners = parse_mot_line(text)
+            except ValueError as err:
+                policy.corrupt("malformed_line", f"{path}:{line_number}: {err}; expected {MOT_LINE_HELP}")
+                continue
+            first_line = seen.setdefault((frame, track_id), line_number)
+            if first_line != line_number:
+                message = f"{path}:{line_number}: track {track_id} has a second box in frame {frame}"
+                policy.corrupt("duplicate_box", f"{message} (first on line {first_line})")
+                continue
+            boxes.append(TrackBox(frame, track_id, corners, line_number))
+    return boxes
+
+
+def fit_box(
+    corners: tuple[int, int, int, int], info: VideoInfo | None, min_box_size: int, policy: IssuePolicy
+) -> tuple[int, int, int, int] | None:
+    """The (x, y, w, h) box clipped to the frame, or None when it is skipped (the reason is counted).
+
+    Empty boxes (w or h <= 0 after rounding) and boxes entirely outside the frame are skipped; boxes partly
+    outside are clipped and counted as "box_clipped"; boxes whose clipped w or h is below ``min_box_size``
+    are skipped. Without ``info`` (no probing) only the frame's top-left edge (0, 0) is known and used.
+    """
+    x0, y0, x1, y1 = corners
+    if x1 <= x0 or y1 <= y0:
+        policy.count("box_empty")
+        return None
+    right, bottom = (info.width, info.height) if info is not None else (math.inf, math.inf)
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, right), min(y1, bottom)
+    if cx1 <= cx0 or cy1 <= cy0:
+        policy.count("box_outside")
+        return None
+    width, height = int(cx1 - cx0), int(cy1 - cy0)
+    if min(width, height) < min_box_size:
+        policy.count("box_too_small")
+        return None
+    if (cx0, cy0, cx1, cy1) != corners:
+        policy.count("box_clipped")
+    return (cx0, cy0, width, height)
