@@ -13,6 +13,12 @@ from reidscale.data.decode.dali_pipeline import (
 )
 from reidscale.data.decode.geometry import clip_box, crop_and_resize
 from reidscale.data.decode.loader import CropLoader, build_crop_loader, dali_available
+from reidscale.data.decode.multicrop_loader import (
+    VIEW_BACKENDS,
+    DaliViewRunner,
+    ViewLoader,
+    build_view_loader,
+)
 from reidscale.data.decode.pyav_reader import crop_records_pyav
 from reidscale.data.decode.sharding import shard_records
 from reidscale.data.decode.stats import DecodeStats
@@ -21,11 +27,15 @@ from reidscale.data.decode.video_index import VideoInfo, VideoOpenError, probe_v
 __all__ = [
     "DALI_CPU_CODECS",
     "DALI_GPU_CODECS",
+    "VIEW_BACKENDS",
     "CropLoader",
+    "DaliViewRunner",
     "DecodeStats",
     "VideoInfo",
     "VideoOpenError",
+    "ViewLoader",
     "build_crop_loader",
+    "build_view_loader",
     "clip_box",
     "crop_and_resize",
     "crop_records_dali",
