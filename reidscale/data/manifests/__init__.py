@@ -14,9 +14,9 @@ Readers are strict by default and skip-and-count with ``strict=False`` (common.p
 
 from __future__ import annotations
 
-import inspect
 import os
-from collections.abc import Callable
+
+from reidscale.utils.registry import ReaderRegistry
 
 from ..records import Manifest
 from .common import (
@@ -32,36 +32,27 @@ from .image_folders import read_cion_json, read_luperson_nl, read_market_manifes
 from .mot import VideoInfo, parse_mot_line, probe_video
 from .video_tracklets import VIDEO_EXTENSIONS, camera_of, read_camera_table, read_video_tracklets
 
-_READERS: dict[str, Callable[..., Manifest]] = {
-    "video_tracklets": read_video_tracklets,
-    "luperson_nl": read_luperson_nl,
-    "cion_json": read_cion_json,
-    "market": read_market_manifest,
-    "saved": read_saved_manifest,
-}
-MANIFEST_KINDS: tuple[str, ...] = tuple(_READERS)
+_REGISTRY: ReaderRegistry[Manifest] = ReaderRegistry(
+    ("manifest", "kind"),
+    {
+        "video_tracklets": read_video_tracklets,
+        "luperson_nl": read_luperson_nl,
+        "cion_json": read_cion_json,
+        "market": read_market_manifest,
+        "saved": read_saved_manifest,
+    },
+)
+MANIFEST_KINDS: tuple[str, ...] = _REGISTRY.names
 
 
 def manifest_options(kind: str) -> tuple[str, ...]:
     """The keyword options the reader of ``kind`` accepts besides the path."""
-    parameters = list(inspect.signature(_reader(kind)).parameters.values())[1:]
-    return tuple(parameter.name for parameter in parameters)
+    return _REGISTRY.options(kind)
 
 
 def load_manifest(kind: str, path: str | os.PathLike, **options: object) -> Manifest:
     """Read the manifest of ``kind`` (one of MANIFEST_KINDS) at ``path`` with the reader's ``options``."""
-    accepted = manifest_options(kind)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        takes = ", ".join(accepted) if accepted else "no options"
-        raise ValueError(f"manifest kind {kind!r} does not take option(s) {unknown}; it takes {takes}")
-    return _reader(kind)(path, **options)
-
-
-def _reader(kind: str) -> Callable[..., Manifest]:
-    if kind not in _READERS:
-        raise ValueError(f"unknown manifest kind {kind!r}; known kinds: {', '.join(MANIFEST_KINDS)}")
-    return _READERS[kind]
+    return _REGISTRY.load(kind, path, **options)
 
 
 __all__ = [
