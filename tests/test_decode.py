@@ -27,13 +27,8 @@ from reidscale.data.decode import (
 from reidscale.data.decode.loader import crops_by_record
 from reidscale.data.decode.sharding import assign_videos
 from reidscale.data.records import CropRecord
+from tests.videos import HEIGHT, NUM_FRAMES, WIDTH, write_codec_videos
 
-WIDTH, HEIGHT, NUM_FRAMES, GOP = 96, 64, 30, 8
-CODECS = {  # name: (encoder, file suffix, pixel format, encoder options)
-    "mjpeg": ("mjpeg", ".avi", "yuvj420p", {"qmin": "1", "qmax": "3"}),
-    "vp9": ("libvpx-vp9", ".webm", "yuv420p", {"crf": "10", "g": str(GOP)}),
-    "h264": ("libx264", ".mp4", "yuv420p", {"crf": "12", "g": str(GOP), "bf": "2"}),
-}
 BOXES = [(10, 5, 20, 40), (50, 20, 30, 30), (0, 0, 96, 64), (80, 50, 30, 30), (-6, 30, 20, 20)]
 FRAMES = [0, 3, 9, 17, 29]
 # Mean absolute error per channel of a crop against the exact synthetic content: lossy coding and 4:2:0
@@ -53,26 +48,10 @@ def truth_frame(frame: int) -> np.ndarray:
     return np.stack([red, green, np.full_like(cols, 20 + 7 * frame)], axis=-1)
 
 
-def write_video(path: Path, codec: str) -> None:
-    import av
-
-    encoder, _, pixel_format, options = CODECS[codec]
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(encoder, rate=30)
-        stream.width, stream.height, stream.pix_fmt, stream.options = WIDTH, HEIGHT, pixel_format, options
-        for frame in range(NUM_FRAMES):
-            pixels = np.rint(truth_frame(frame)).astype(np.uint8)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
-        container.mux(stream.encode())
-
-
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("videos")
-    paths = {}
-    for codec, (_, suffix, _, _) in CODECS.items():
-        paths[codec] = str(folder / f"clip_{codec}{suffix}")
-        write_video(Path(paths[codec]), codec)
+    paths = write_codec_videos(folder, "clip", lambda frame: np.rint(truth_frame(frame)).astype(np.uint8))
     encoded = Path(paths["mjpeg"]).read_bytes()
     paths["garbage"] = str(folder / "garbage.avi")
     Path(paths["garbage"]).write_bytes(

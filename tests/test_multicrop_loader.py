@@ -8,7 +8,6 @@ from an unmirrored one: its red channel decreases from left to right.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,13 +17,8 @@ from reidscale.data.decode.loader import build_crop_loader, crops_by_record
 from reidscale.data.decode.multicrop_loader import build_view_loader
 from reidscale.data.records import CropRecord
 from reidscale.data.views.spec import IMAGENET_MEAN, IMAGENET_STD, cion_multicrop, flip_only
+from tests.videos import CODECS, HEIGHT, NUM_FRAMES, WIDTH, write_codec_videos
 
-WIDTH, HEIGHT, NUM_FRAMES = 96, 64, 30
-CODECS = {  # name: (encoder, file suffix, pixel format, encoder options)
-    "mjpeg": ("mjpeg", ".avi", "yuvj420p", {"qmin": "1", "qmax": "3"}),
-    "vp9": ("libvpx-vp9", ".webm", "yuv420p", {"crf": "10", "g": "8"}),
-    "h264": ("libx264", ".mp4", "yuv420p", {"crf": "12", "g": "8", "bf": "2"}),
-}
 BOXES = [(10, 5, 20, 40), (50, 20, 30, 30), (0, 0, 96, 64), (70, 10, 24, 50)]
 FRAMES = [0, 4, 11, 19, 29]
 
@@ -36,26 +30,10 @@ def frame_pixels(frame: int) -> np.ndarray:
     return np.rint(np.stack([red, green, np.full_like(cols, 20 + 7 * frame)], axis=-1)).astype(np.uint8)
 
 
-def write_video(path: Path, codec: str) -> None:
-    import av
-
-    encoder, _, pixel_format, options = CODECS[codec]
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(encoder, rate=30)
-        stream.width, stream.height, stream.pix_fmt, stream.options = WIDTH, HEIGHT, pixel_format, options
-        for frame in range(NUM_FRAMES):
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame_pixels(frame), format="rgb24")))
-        container.mux(stream.encode())
-
-
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("views_videos")
-    paths = {}
-    for codec, (_, suffix, _, _) in CODECS.items():
-        paths[codec] = str(folder / f"ramp_{codec}{suffix}")
-        write_video(Path(paths[codec]), codec)
-    return paths
+    return write_codec_videos(folder, "ramp", frame_pixels)
 
 
 def grid_records(path: str, frames: list[int] = FRAMES) -> list[CropRecord]:
