@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: test lint format info bench-eval venv clean
+.PHONY: test lint format info bench-eval bench-data venv clean
 
 venv: $(STAMP)
 
@@ -35,6 +35,9 @@ info: $(STAMP)
 
 bench-eval: $(STAMP)
 	$(PY) benchmarks/bench_eval.py
+
+bench-data: $(STAMP)
+	$(PY) benchmarks/bench_data.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -5,6 +5,7 @@ of the generator's own bookkeeping, and compared with it and with the configured
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from collections import defaultdict
@@ -17,7 +18,16 @@ from PIL import Image
 from reidscale.data.synth import SCALES, NoiseConfig, SynthScale, build_corpus
 from reidscale.data.synth import assign_identities as schedule_identities
 from reidscale.data.synth.noise import apply_tracker_noise
-from reidscale.data.synth.people import GAIT_PHASES, SpriteCache, random_appearance, render_person, tight_box
+from reidscale.data.synth.people import (
+    GAIT_PHASES,
+    SMALLEST_ALPHA,
+    SpriteCache,
+    random_appearance,
+    render_person,
+    tight_box,
+)
+from reidscale.data.synth.render import VideoRenderer
+from reidscale.data.synth.scene import HEIGHT_STEP, SensorNoise, make_camera, plan_walkers, render_frame
 from reidscale.evaluation.datasets import read_market1501
 from reidscale.evaluation.datasets.market import parse_market_name
 
@@ -349,7 +359,7 @@ def test_scales_are_consistent_and_bad_settings_are_named():
         scale.validate()
     tiny, demo, large = SCALES["tiny"], SCALES["demo"], SCALES["large"]
     assert tiny.num_videos * tiny.frames_per_video <= 300 and demo.num_pretrain_identities >= 100
-    assert large.num_identities >= 5000 and large.video_hours >= 2.0 and large.num_cameras <= 6
+    assert large.num_pretrain_identities >= 3000 and large.video_hours >= 2.0 and large.num_cameras <= 6
     for scale in SCALES.values():
         assert scale.appearance_slots >= 2 * scale.num_pretrain_identities
         low, high = (scale.frame_height * fraction for fraction in scale.person_height)
@@ -378,3 +388,72 @@ def test_bad_arguments_and_non_empty_output(tmp_path):
     build_corpus(tmp_path / "c", small, codec="mjpeg", overwrite=True)
     assert (tmp_path / "c" / "notes.txt").read_text() == "keep me"
     assert (tmp_path / "c" / "corpus.json").exists()
+
+
+def test_fast_renderer_is_bit_identical_to_full_frame_rendering():
+    """VideoRenderer redoes optics only where sprites were drawn; render_frame composites onto a fresh
+    background and runs apply_optics over the whole frame. Same noise stream → the same uint8 frames, for
+    blurred and unblurred cameras, with people entering and leaving through the frame edges."""
+    rng = np.random.default_rng(0)
+    looks = {identity: random_appearance(rng) for identity in range(10)}
+    sizes = {identity: look.height_factor for identity, look in looks.items()}
+    compared = 0
+    for index in range(3):
+        camera = make_camera(np.random.default_rng(index), index, 96, 64, (0.42, 0.7))
+        if index == 0:
+            camera = dataclasses.replace(camera, blur=0.0)
+        cache = SpriteCache(looks, 80, capacity=8, canonical_capacity=4)  # evictions happen along the way
+        walkers = plan_walkers(np.random.default_rng(9 + index), camera, list(looks), sizes, 40, 25)
+        fast_noise, slow_noise = (
+            SensorNoise(camera.background.shape, camera.noise_sigma, np.random.default_rng(index))
+            for _ in range(2)
+        )
+        renderer = VideoRenderer(camera, cache, fast_noise, light=1.05)
+        for t in range(40):
+            expected = render_frame(camera, walkers, t, cache, slow_noise, light=1.05)
+            np.testing.assert_array_equal(renderer.render(walkers, t), expected)
+            compared += sum(walker.may_show(camera, t) for walker in walkers)
+    assert compared >= 200  # people were on screen in most frames, so the fast path really ran
+
+
+def test_sprite_cache_is_bounded_and_returns_the_same_pixels_after_eviction():
+    rng = np.random.default_rng(4)
+    looks = {identity: random_appearance(rng) for identity in range(3)}
+    cache = SpriteCache(looks, 64, capacity=4, canonical_capacity=2)
+    first = cache.get(1, 48, 3, True)
+    first_rgb, first_alpha = first.rgb.copy(), first.alpha.copy()
+    for identity in range(3):
+        for phase in range(GAIT_PHASES):
+            cache.get(identity, 40, phase, phase % 2 == 0)
+    assert len(cache._sprites) <= 4 and len(cache._canonical) <= 2
+    misses = cache.misses
+    again = cache.get(1, 48, 3, True)
+    assert cache.misses == misses + 1  # it was evicted, so it was drawn again …
+    np.testing.assert_array_equal(again.rgb, first_rgb)  # … into exactly the same pixels
+    np.testing.assert_array_equal(again.alpha, first_alpha)
+    cache.get(1, 48, 3, True)
+    assert cache.misses == misses + 1
+    left = cache.get(1, 48, 3, False)
+    np.testing.assert_array_equal(left.alpha, first_alpha[:, ::-1])
+    np.testing.assert_array_equal(left.rgb, first_rgb[:, ::-1])
+    assert left.box == tight_box(np.ascontiguousarray(left.alpha))
+    assert left.ink == tight_box(np.ascontiguousarray(left.alpha), SMALLEST_ALPHA)
+    x0, y0, x1, y1 = first.ink
+    outside = first_alpha.copy()
+    outside[y0:y1, x0:x1] = 0.0
+    assert not outside.any() and first_alpha[y0:y1, x0:x1].any(axis=0).all()
+    with pytest.raises(ValueError, match="capacities"):
+        SpriteCache(looks, 64, capacity=1)
+
+
+def test_walker_heights_are_quantised():
+    rng = np.random.default_rng(1)
+    looks = {identity: random_appearance(rng) for identity in range(6)}
+    camera = make_camera(np.random.default_rng(2), 0, 160, 96, (0.42, 0.7))
+    sizes = {identity: look.height_factor for identity, look in looks.items()}
+    heights = {
+        walker.state(camera, t)[2]
+        for walker in plan_walkers(rng, camera, list(looks), sizes, 50, 25)
+        for t in range(50)
+    }
+    assert len(heights) >= 3 and all(height % HEIGHT_STEP == 0 and height >= 8 for height in heights)

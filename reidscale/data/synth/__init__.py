@@ -31,7 +31,8 @@ from .config import CODECS, SCALES, NoiseConfig, SynthScale, resolve_scale
 from .market import MarketCounts, write_market
 from .noise import apply_tracker_noise
 from .people import Appearance, SpriteCache, random_appearance
-from .scene import Camera, SensorNoise, make_camera, plan_walkers, render_frame, true_boxes
+from .render import VideoRenderer
+from .scene import Camera, SensorNoise, make_camera, plan_walkers, true_boxes
 from .schedule import assign_identities
 from .writer import (
     encode_video,
@@ -105,11 +106,11 @@ def _build_video(
     output = apply_tracker_noise(boxes, visible, people, camera.clutter, size, scale.noise, rng)
     light = float(rng.uniform(0.9, 1.1))
     noise = SensorNoise(camera.background.shape, camera.noise_sigma, _rng(seed, STREAM_PIXELS, order))
-    frames = (render_frame(camera, walkers, t, cache, noise, light) for t in range(scale.frames_per_video))
+    renderer = VideoRenderer(camera, cache, noise, light)
+    frames = (renderer.render(walkers, t) for t in range(scale.frames_per_video))
     file_name = video_file_name(name, codec)
     encode_video(out / "videos" / file_name, frames, codec, scale.fps, scale.gop, size)
     atomic_write_text(out / "tracklets" / f"{name}.txt", mot_text(output.mot))
-    cache.clear()
     rows = [(name, track, identity, first, last) for track, identity, first, last in output.ground_truth]
     meta = {
         "video": name,
@@ -148,10 +149,7 @@ def _start_worker(job: _VideoJob) -> None:
 def _video_in_worker(order: int, people: list[int]) -> tuple[list, dict]:
     job, cache = _WORKER_STATE["job"], _WORKER_STATE["cache"]
     camera = job.cameras[order % job.config.num_cameras]
-    result = _build_video(job.out, job.config, job.codec, job.seed, order, camera, people, cache)
-    for identity in people:  # a worker cannot know whether it will meet this identity again
-        cache.forget(identity)
-    return result
+    return _build_video(job.out, job.config, job.codec, job.seed, order, camera, people, cache)
 
 
 def _build_videos(
@@ -161,21 +159,19 @@ def _build_videos(
     gt_rows, videos = [], []
     if workers == 1:
         cache = SpriteCache(job.looks, job.config.sprite_height)
-        last_video = {identity: order for order, people in enumerate(schedule) for identity in people}
         for order, people in enumerate(schedule):
             camera = job.cameras[order % job.config.num_cameras]
             rows, meta = _build_video(job.out, job.config, job.codec, job.seed, order, camera, people, cache)
             gt_rows += rows
             videos.append(meta)
-            for identity in people:
-                if last_video[identity] == order:
-                    cache.forget(identity)
             if progress is not None:
                 progress("videos", order + 1, len(schedule))
         return gt_rows, videos
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(job,)) as pool:
-        results = pool.map(_video_in_worker, range(len(schedule)), schedule)
+        # consecutive videos share people (see assign_identities): hand them to the same worker's caches
+        chunk = max(1, min(job.config.num_cameras, len(schedule) // workers))
+        results = pool.map(_video_in_worker, range(len(schedule)), schedule, chunksize=chunk)
         for done, (rows, meta) in enumerate(results, start=1):
             gt_rows += rows
             videos.append(meta)

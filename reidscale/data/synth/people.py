@@ -9,6 +9,7 @@ into an RGB sprite with an alpha mask (drawn at 2× and averaged, so edges are s
 from __future__ import annotations
 
 import colorsys
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,7 @@ SKIN_TONES = np.array(
     np.float32,
 )
 SUPERSAMPLE = 2
+SMALLEST_ALPHA = float(np.nextafter(np.float32(0), np.float32(1)))  # ink: any alpha > 0
 
 
 @dataclass(frozen=True)
@@ -227,19 +229,33 @@ def render_person(
 @dataclass(frozen=True)
 class Sprite:
     """A drawn person: rgb (h, w, 3) premultiplied by alpha (h, w); ``box`` = (x0, y0, x1, y1), end-exclusive,
-    the tight extent of alpha ≥ 0.3 inside the sprite (the ground-truth box of the person)."""
+    the tight extent of alpha ≥ 0.3 inside the sprite (the ground-truth box of the person); ``ink`` the extent
+    of alpha > 0 (only that part changes the frame when the sprite is composited)."""
 
     rgb: np.ndarray
     alpha: np.ndarray
     box: tuple[int, int, int, int]
+    ink: tuple[int, int, int, int]
+
+    def mirrored(self) -> Sprite:
+        """The same sprite flipped left–right (views of the same arrays)."""
+        width = self.alpha.shape[1]
+        (bx0, by0, bx1, by1), (ix0, iy0, ix1, iy1) = self.box, self.ink
+        return Sprite(
+            self.rgb[:, ::-1],
+            self.alpha[:, ::-1],
+            (width - bx1, by0, width - bx0, by1),
+            (width - ix1, iy0, width - ix0, iy1),
+        )
 
 
 def tight_box(alpha: np.ndarray, threshold: float = 0.3) -> tuple[int, int, int, int]:
     """(x0, y0, x1, y1), end-exclusive, of the pixels with ``alpha >= threshold``; (0, 0, w, h) when none."""
-    rows, cols = np.nonzero(alpha >= threshold)
+    rows = np.nonzero((alpha >= threshold).any(axis=1))[0]
+    cols = np.nonzero((alpha >= threshold).any(axis=0))[0]
     if rows.size == 0:
         return (0, 0, alpha.shape[1], alpha.shape[0])
-    return (int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1)
+    return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
 
 
 def resize_sprite(rgb: np.ndarray, alpha: np.ndarray, height_px: int) -> tuple[np.ndarray, np.ndarray]:
@@ -257,40 +273,70 @@ def resize_sprite(rgb: np.ndarray, alpha: np.ndarray, height_px: int) -> tuple[n
 
 
 class SpriteCache:
-    """Sprites keyed by (identity, height, phase, facing), read-only.
+    """Sprites keyed by (identity, height, phase, facing), read-only, in two bounded LRU caches.
 
     Each (identity, phase) is drawn once at ``canonical_height`` (one sample per pixel, facing right) and
-    resampled to the requested height and mirrored: ~10× cheaper than drawing every height supersampled.
+    resampled to the requested height; left-facing sprites are mirrored views. The drawings are a pure
+    function of the key, so what the caches hold never changes a pixel, only the time spent.
+    ``capacity`` bounds the resized sprites (≈ 4·h·w·4 bytes each), ``canonical_capacity`` the drawings.
     """
 
-    def __init__(self, looks: dict[int, Appearance], canonical_height: int = 160):
+    def __init__(
+        self,
+        looks: dict[int, Appearance],
+        canonical_height: int = 160,
+        capacity: int = 1000,
+        canonical_capacity: int = 360,
+    ):
         if canonical_height < 16:
             raise ValueError(f"canonical_height must be ≥ 16 px, got {canonical_height}")
+        if capacity < 2 or canonical_capacity < 1:
+            raise ValueError(f"cache capacities must be ≥ 2 and ≥ 1, got {capacity}, {canonical_capacity}")
         self.looks = looks
         self.canonical_height = canonical_height
-        self._canonical: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-        self._sprites: dict[tuple[int, int, int, bool], Sprite] = {}
+        self.capacity, self.canonical_capacity = capacity, canonical_capacity
+        self._canonical: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._sprites: OrderedDict[tuple[int, int, int, bool], Sprite] = OrderedDict()
+        self.misses = 0
 
     def get(self, identity: int, height_px: int, phase: int, facing_right: bool) -> Sprite:
         """The sprite of ``identity`` ``height_px`` tall at gait ``phase``, facing right or left."""
         phase %= GAIT_PHASES
         key = (identity, height_px, phase, facing_right)
-        if key not in self._sprites:
-            if (identity, phase) not in self._canonical:
-                look = self.looks[identity]
-                self._canonical[identity, phase] = render_person(look, self.canonical_height, phase, True, 1)
-            rgb, alpha = resize_sprite(*self._canonical[identity, phase], height_px)
-            if not facing_right:
-                rgb, alpha = np.ascontiguousarray(rgb[:, ::-1]), np.ascontiguousarray(alpha[:, ::-1])
-            self._sprites[key] = Sprite(rgb, alpha, tight_box(alpha))
-        return self._sprites[key]
+        sprite = self._sprites.get(key)
+        if sprite is not None:
+            self._sprites.move_to_end(key)
+            return sprite
+        self.misses += 1
+        if facing_right:
+            rgb, alpha = resize_sprite(*self._drawing(identity, phase), height_px)
+            sprite = Sprite(rgb, alpha, tight_box(alpha), tight_box(alpha, SMALLEST_ALPHA))
+        else:
+            sprite = self.get(identity, height_px, phase, True).mirrored()
+        self._sprites[key] = sprite
+        while len(self._sprites) > self.capacity:
+            self._sprites.popitem(last=False)
+        return sprite
+
+    def _drawing(self, identity: int, phase: int) -> tuple[np.ndarray, np.ndarray]:
+        key = (identity, phase)
+        drawing = self._canonical.get(key)
+        if drawing is None:
+            drawing = render_person(self.looks[identity], self.canonical_height, phase, True, 1)
+            self._canonical[key] = drawing
+            while len(self._canonical) > self.canonical_capacity:
+                self._canonical.popitem(last=False)
+        else:
+            self._canonical.move_to_end(key)
+        return drawing
 
     def clear(self) -> None:
-        """Forget the resized sprites (canonical drawings are kept; they are reused in every video)."""
+        """Forget the resized sprites (canonical drawings are kept)."""
         self._sprites.clear()
 
     def forget(self, identity: int) -> None:
         """Drop everything drawn for ``identity``."""
-        self._sprites = {key: sprite for key, sprite in self._sprites.items() if key[0] != identity}
+        for key in [key for key in self._sprites if key[0] == identity]:
+            del self._sprites[key]
         for phase in range(GAIT_PHASES):
             self._canonical.pop((identity, phase), None)

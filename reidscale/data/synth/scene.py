@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .people import GAIT_PHASES, SpriteCache
+from .people import GAIT_PHASES, Sprite, SpriteCache
 
 STRIDE_HEIGHTS = 0.8  # one full gait cycle covers this many body heights of ground
+HEIGHT_STEP = 4  # drawn person heights are multiples of this (few distinct sprites per walker)
 VISIBLE_AREA = 0.5  # a box counts as visible when at least this share of its area lies inside the frame
 
 
@@ -131,10 +132,10 @@ class Walker:
         """(foot x, foot y, height px, gait phase, facing right) at frame ``t``."""
         foot_x = self.x0 + self.vx * (t - self.t0)
         foot_y = self.y0 + self.vy * (t - self.t0)
-        height_px = 2 * round(camera.height_at(foot_y) * self.size / 2)
+        height_px = max(HEIGHT_STEP * round(camera.height_at(foot_y) * self.size / HEIGHT_STEP), 8)
         cycle = STRIDE_HEIGHTS * height_px
         phase = int(np.floor((self.phase0 + abs(foot_x - self.x0) / cycle) * GAIT_PHASES)) % GAIT_PHASES
-        return foot_x, foot_y, max(height_px, 8), phase, self.vx >= 0
+        return foot_x, foot_y, height_px, phase, self.vx >= 0
 
     def frame_range(self, camera: Camera, frames: int) -> range:
         """Frames in 0..frames-1 during which any part of the walker may be inside the frame."""
@@ -214,18 +215,30 @@ def _sprite_origin(foot_x: float, foot_y: float, sprite_shape: tuple[int, ...]) 
     return round(foot_x - sprite_width / 2), round(foot_y) - sprite_height
 
 
-def composite(canvas: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, left: int, top: int) -> None:
-    """Alpha-blend a premultiplied sprite onto ``canvas`` (H, W, 3) float32 at (left, top), clipped."""
+Rect = tuple[int, int, int, int]
+"""(y0, y1, x0, x1), end-exclusive, in frame pixels."""
+
+
+def composite(canvas: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, left: int, top: int) -> Rect | None:
+    """Alpha-blend a premultiplied sprite (rgb (h, w, 3), alpha (h, w)) onto ``canvas`` (H, W, 3) float32 at
+    (left, top), clipped; returns the changed rect, or None when the sprite lies outside the canvas."""
     height, width, _ = canvas.shape
     x0, y0 = max(left, 0), max(top, 0)
     x1, y1 = min(left + alpha.shape[1], width), min(top + alpha.shape[0], height)
     if x0 >= x1 or y0 >= y1:
-        return
+        return None
     sprite_rgb = rgb[y0 - top : y1 - top, x0 - left : x1 - left]
     sprite_alpha = alpha[y0 - top : y1 - top, x0 - left : x1 - left, None]
     region = canvas[y0:y1, x0:x1]
     region *= 1.0 - sprite_alpha
     region += sprite_rgb
+    return (y0, y1, x0, x1)
+
+
+def composite_sprite(canvas: np.ndarray, sprite: Sprite, left: int, top: int) -> Rect | None:
+    """``composite`` of the inked part of ``sprite`` whose full extent starts at (left, top)."""
+    x0, y0, x1, y1 = sprite.ink
+    return composite(canvas, sprite.rgb[y0:y1, x0:x1], sprite.alpha[y0:y1, x0:x1], left + x0, top + y0)
 
 
 def _blur(image: np.ndarray, sigma: float) -> np.ndarray:

@@ -20,10 +20,14 @@ CORPUS_OUTPUTS = ("videos", "tracklets", "market", "ground_truth.csv", "corpus.j
 
 
 def encoder_options(codec: str, gop: int) -> dict[str, str]:
-    """PyAV/FFmpeg options: fixed keyframe interval ``gop``, no B-frames (h264/vp9); high-quality MJPEG."""
+    """PyAV/FFmpeg options: fixed keyframe interval ``gop``, no B-frames (h264/vp9); high-quality MJPEG.
+
+    x264 "ultrafast" at CRF 18 encodes 640×360 at ≈ 360 frames/s on one core here ("veryfast": ≈ 240) for
+    ≈ 2.5× the bytes; the decoded pixels stay near-lossless, which is what the crops need.
+    """
     if codec == "h264":
         return {
-            "preset": "veryfast",
+            "preset": "ultrafast",
             "crf": "18",
             "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0",
         }
