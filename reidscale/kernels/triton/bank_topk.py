@@ -1,0 +1,319 @@
+"""Triton ``bank_topk``: fused bank similarity + running top-k; the B×N score matrix is never written.
+
+Semantics are those of :func:`reidscale.kernels.reference_topk.bank_topk` for a single bank (the
+definition): score = q·m (fp32) − ``cam_penalty`` where the cameras are equal, rows with the query's label
+or index ``self_index[b]`` excluded, sorted by score descending then index ascending, padded (−inf, −1).
+
+Design. One program owns ``BLOCK_B`` queries and walks the bank in tiles of ``K_PAD`` rows
+(``K_PAD`` = the next power of two ≥ k, at least 16). Per tile it computes the [BLOCK_B, K_PAD] scores
+with ``tl.dot`` over ``BLOCK_D``-wide column slices (fp32 accumulation; fp16/bf16 operands go to the dot
+natively, fp32 operands use ``input_precision="ieee"`` so no TF32 rounding), applies the camera penalty
+and the exclusions, and packs each (score, index) into one int64 key whose integer order is score
+descending then index ascending::
+
+    key = (ordered_int32(score) << 32) | (2**32 − 1 − index),   excluded / out of range: −2**63
+
+The running top-k ([BLOCK_B, K_PAD] keys, in registers) is merged with the tile by one ``tl.topk`` over
+their concatenation, so ties across tiles are resolved exactly as in the reference. The result keys are
+decoded in the kernel into (score, index) and written; −2**63 decodes to (−inf, −1).
+
+Supported: one bank tensor [N, D] (no weighted multi-bank list), no ``return_positive_scores``,
+``k ≤ TRITON_MAX_K`` (128; larger k is delegated to the torch reference, see
+:func:`triton_bank_topk`), N < 2**32 − 1. Non-finite scores raise ``ValueError`` like the reference.
+"""
+
+# Triton kernels name their compile-time (tl.constexpr) parameters in capitals, by convention.
+# ruff: noqa: N803
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from reidscale.kernels import reference_topk as ref
+
+#: largest k the fused kernel keeps on chip; larger k runs the torch reference
+TRITON_MAX_K = 128
+#: queries per program
+BLOCK_B = 16
+#: feature columns per tl.dot step
+BLOCK_D = 32
+_NO_KEY = -(2**63)
+_LOW_MASK = 2**32 - 1
+
+
+def triton_available() -> tuple[bool, str]:
+    """Whether Triton kernels can run here: ``(True, reason)`` with a CUDA GPU or ``TRITON_INTERPRET=1``."""
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return True, "TRITON_INTERPRET=1: Triton interpreter on CPU tensors"
+    if torch.cuda.is_available():
+        return True, f"CUDA device {torch.cuda.get_device_name(0)}"
+    return False, "no CUDA GPU and TRITON_INTERPRET is not 1 (Triton has no active driver)"
+
+
+@triton.jit
+def _pack_keys(scores, cols, keep):
+    """int64 keys ordered by (score desc, index asc); -2**63 where ``keep`` is False."""
+    scores = tl.where(scores == 0.0, 0.0, scores)  # -0.0 == +0.0 in the reference's comparisons
+    bits = scores.to(tl.int32, bitcast=True)
+    ordered = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    low = 4294967295 - cols.to(tl.int64)
+    keys = (ordered.to(tl.int64) << 32) | low
+    return tl.where(keep, keys, -9223372036854775807 - 1)
+
+
+@triton.jit
+def _tile_scores(
+    q_ptr,
+    m_ptr,
+    rows,
+    cols,
+    n_rows,
+    n_batch,
+    dim,
+    sq0,
+    sq1,
+    sm0,
+    sm1,
+    BLOCK_D: tl.constexpr,
+    NATIVE: tl.constexpr,
+):
+    """[BLOCK_B, K_PAD] fp32 scores of query ``rows`` against bank ``cols``."""
+    acc = tl.zeros((rows.shape[0], cols.shape[0]), dtype=tl.float32)
+    for d0 in range(0, dim, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        q = tl.load(
+            q_ptr + rows[:, None] * sq0 + offs_d[None, :] * sq1,
+            mask=(rows[:, None] < n_batch) & (offs_d[None, :] < dim),
+            other=0.0,
+        )
+        m = tl.load(
+            m_ptr + cols[None, :] * sm0 + offs_d[:, None] * sm1,
+            mask=(cols[None, :] < n_rows) & (offs_d[:, None] < dim),
+            other=0.0,
+        )
+        if NATIVE:
+            acc = tl.dot(q, m, acc)
+        else:
+            acc = tl.dot(q.to(tl.float32), m.to(tl.float32), acc, input_precision="ieee")
+    return acc
+
+
+@triton.jit
+def _decode_keys(keys):
+    """(scores fp32, indices int64) of packed keys; the empty key gives (-inf, -1)."""
+    hi = (keys >> 32).to(tl.int32)
+    bits = tl.where(hi < 0, hi ^ 0x7FFFFFFF, hi)
+    scores = bits.to(tl.float32, bitcast=True)
+    index = 4294967295 - (keys & 4294967295)
+    empty = keys == -9223372036854775807 - 1
+    return tl.where(empty, float("-inf"), scores), tl.where(empty, -1, index)
+
+
+@triton.jit
+def _bank_topk_kernel(
+    q_ptr,
+    m_ptr,
+    qlab_ptr,
+    blab_ptr,
+    self_ptr,
+    qcam_ptr,
+    bcam_ptr,
+    out_s_ptr,
+    out_i_ptr,
+    bad_ptr,
+    n_batch,
+    n_rows,
+    dim,
+    k,
+    sq0,
+    sq1,
+    sm0,
+    sm1,
+    penalty,
+    HAS_LABELS: tl.constexpr,
+    HAS_SELF: tl.constexpr,
+    HAS_CAMS: tl.constexpr,
+    NATIVE: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    K_PAD: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < n_batch
+    if HAS_LABELS:
+        qlab = tl.load(qlab_ptr + rows, mask=row_ok, other=0)
+    if HAS_SELF:
+        qself = tl.load(self_ptr + rows, mask=row_ok, other=-1)
+    if HAS_CAMS:
+        qcam = tl.load(qcam_ptr + rows, mask=row_ok, other=0)
+    best = tl.full((BLOCK_B, K_PAD), -9223372036854775807 - 1, tl.int64)
+    bad = tl.zeros((BLOCK_B, K_PAD), tl.int32)
+    for n0 in range(0, n_rows, K_PAD):
+        cols = n0 + tl.arange(0, K_PAD)
+        col_ok = cols < n_rows
+        scores = _tile_scores(
+            q_ptr, m_ptr, rows, cols, n_rows, n_batch, dim, sq0, sq1, sm0, sm1, BLOCK_D, NATIVE
+        )
+        if HAS_CAMS:
+            bcam = tl.load(bcam_ptr + cols, mask=col_ok, other=0)
+            scores = tl.where(qcam[:, None] == bcam[None, :], scores - penalty, scores)
+        keep = row_ok[:, None] & col_ok[None, :]
+        finite = tl.abs(scores) <= 3.4028234663852886e38  # False for inf and NaN
+        bad = bad | (keep & ~finite).to(tl.int32)
+        if HAS_LABELS:
+            blab = tl.load(blab_ptr + cols, mask=col_ok, other=0)
+            keep = keep & (qlab[:, None] != blab[None, :])
+        if HAS_SELF:
+            keep = keep & (cols[None, :] != qself[:, None])
+        keys = _pack_keys(scores, cols, keep)
+        best = tl.topk(tl.reshape(tl.join(best, keys), (BLOCK_B, 2 * K_PAD)), K_PAD)
+    out_scores, out_index = _decode_keys(best)
+    slots = tl.arange(0, K_PAD)
+    out_mask = row_ok[:, None] & (slots[None, :] < k)
+    tl.store(out_s_ptr + rows[:, None] * k + slots[None, :], out_scores, mask=out_mask)
+    tl.store(out_i_ptr + rows[:, None] * k + slots[None, :], out_index, mask=out_mask)
+    tl.store(bad_ptr + pid, tl.max(tl.max(bad, axis=1), axis=0))
+
+
+def triton_bank_topk(
+    queries: Tensor,
+    bank: Tensor,
+    k: int,
+    *,
+    query_labels: Tensor | None = None,
+    bank_labels: Tensor | None = None,
+    self_index: Tensor | None = None,
+    query_cams: Tensor | None = None,
+    bank_cams: Tensor | None = None,
+    cam_penalty: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """Top-k bank rows per query with the fused Triton kernel (single bank; see the module docstring).
+
+    Args:
+        queries: [B, D] float32/float16/bfloat16, on a CUDA device (or on the CPU under TRITON_INTERPRET=1).
+        bank: [N, D] float32/float16/bfloat16 on the same device (one tensor; no weighted bank list).
+        k: 1 ≤ k ≤ 4096; k ≤ TRITON_MAX_K runs the kernel, larger k the torch reference.
+        query_labels, bank_labels: [B] and [N] integer tensors, given together (equal label → excluded).
+        self_index: [B] integer tensor, each query's own bank row (excluded) or −1.
+        query_cams, bank_cams: [B] and [N] integer tensors, given together; ``cam_penalty`` is subtracted
+            where the cameras are equal.
+        cam_penalty: finite float; non-zero needs the cameras.
+
+    Returns:
+        (scores [B, k] float32, indices [B, k] int64): sorted by score descending then index ascending,
+        padded with (−inf, −1); equal to the reference's result.
+
+    Raises:
+        ValueError: malformed arguments (as the reference), a device Triton cannot run on, N ≥ 2**32 − 1,
+            or a non-finite score.
+        RuntimeError: Triton cannot run here (no GPU and no TRITON_INTERPRET=1).
+    """
+    if not isinstance(bank, Tensor):
+        raise ValueError(
+            f"bank must be a single [N, D] tensor for the Triton kernel, got {ref.describe_value(bank)}"
+        )
+    ref._check_banks(queries, bank)
+    ref._check_k(k)
+    labels = ref._check_pair("query_labels", query_labels, "bank_labels", bank_labels, queries, bank.shape[0])
+    cams = ref._check_pair("query_cams", query_cams, "bank_cams", bank_cams, queries, bank.shape[0])
+    selves = ref._check_self_index(self_index, queries, bank.shape[0])
+    penalty = ref._check_penalty(cam_penalty, cams)
+    if k > TRITON_MAX_K:
+        return ref.bank_topk(
+            queries,
+            bank,
+            k,
+            query_labels=query_labels,
+            bank_labels=bank_labels,
+            self_index=self_index,
+            query_cams=query_cams,
+            bank_cams=bank_cams,
+            cam_penalty=cam_penalty,
+        )
+    _check_runnable(queries, bank.shape[0])
+    return _launch(queries, bank, k, labels, selves, cams if penalty != 0.0 else None, penalty)
+
+
+def _native_dot_dtypes() -> tuple[torch.dtype, ...]:
+    """Operand dtypes fed to ``tl.dot`` as they are (exact products, fp32 accumulation).
+
+    The interpreter computes a bf16 ``tl.dot`` on the raw bits (numpy has no bfloat16), so there bf16 goes
+    through the fp32 path, which gives the same exact products.
+    """
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return (torch.float16,)
+    return (torch.float16, torch.bfloat16)
+
+
+def _check_runnable(queries: Tensor, n_rows: int) -> None:
+    ok, reason = triton_available()
+    if not ok:
+        raise RuntimeError(f"triton_bank_topk cannot run: {reason}")
+    interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    if queries.device.type != "cuda" and not interpreted:
+        raise ValueError(
+            f"queries must be on a CUDA device (or set TRITON_INTERPRET=1), got {queries.device}"
+        )
+    if n_rows >= _LOW_MASK:
+        raise ValueError(f"bank must have fewer than {_LOW_MASK} rows for the Triton kernel, got {n_rows}")
+
+
+def _launch(
+    queries: Tensor,
+    bank: Tensor,
+    k: int,
+    labels: tuple[Tensor, Tensor] | None,
+    selves: Tensor | None,
+    cams: tuple[Tensor, Tensor] | None,
+    penalty: float,
+) -> tuple[Tensor, Tensor]:
+    """Run the kernel: [B, k] float32 scores and int64 indices (inputs already checked)."""
+    batch, dim = queries.shape
+    device = queries.device
+    scores = torch.full((batch, k), -math.inf, dtype=torch.float32, device=device)
+    indices = torch.full((batch, k), -1, dtype=torch.int64, device=device)
+    if batch == 0:
+        return scores, indices
+    programs = triton.cdiv(batch, BLOCK_B)
+    bad = torch.zeros(programs, dtype=torch.int32, device=device)
+    dummy = torch.zeros(1, dtype=torch.int64, device=device)
+    native = queries.dtype == bank.dtype and queries.dtype in _native_dot_dtypes()
+    k_pad = max(16, triton.next_power_of_2(k))
+    _bank_topk_kernel[(programs,)](
+        queries,
+        bank,
+        labels[0] if labels else dummy,
+        labels[1] if labels else dummy,
+        selves if selves is not None else dummy,
+        cams[0] if cams else dummy,
+        cams[1] if cams else dummy,
+        scores,
+        indices,
+        bad,
+        batch,
+        bank.shape[0],
+        dim,
+        k,
+        *queries.stride(),
+        *bank.stride(),
+        penalty,
+        HAS_LABELS=labels is not None,
+        HAS_SELF=selves is not None,
+        HAS_CAMS=cams is not None,
+        NATIVE=native,
+        BLOCK_B=BLOCK_B,
+        BLOCK_D=BLOCK_D,
+        K_PAD=k_pad,
+    )
+    if int(bad.max()) != 0:
+        raise ValueError(
+            "non-finite score: queries/bank must be finite and their products must fit in float32"
+        )
+    return scores, indices
