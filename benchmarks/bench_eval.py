@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: `benchmarks` and `tests` import
-from benchmarks.common import append_rows, measure_isolated, provenance, results_path
+from benchmarks.common import append_rows, measure_isolated, provenance, results_path, run_timed
 from reidscale.evaluation.distance import l2_normalize, pairwise_distance
 from reidscale.evaluation.metrics import UPDATE_BYTES_PER_ENTRY, evaluate_features, query_chunk_size
 from tests.reference.eval_loop import eval_loop
@@ -268,7 +267,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    start = time.perf_counter()
-    status = main()
-    print(f"total {time.perf_counter() - start:.1f} s")
-    sys.exit(status)
+    run_timed(main)

@@ -64,7 +64,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: `benchmarks` imports
-from benchmarks.common import Measurement, append_rows, measure_isolated, provenance, results_path
+from benchmarks.common import Measurement, append_rows, measure_isolated, provenance, results_path, run_timed
 from reidscale.kernels.reference import bank_contrastive_loss_full, bank_topk
 
 SEED = 0
@@ -587,7 +587,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    start = time.perf_counter()
-    status = main()
-    print(f"total {time.perf_counter() - start:.1f} s")
-    sys.exit(status)
+    run_timed(main)

@@ -161,3 +161,11 @@ def measure_isolated(
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(_run_case, (setup, args, repeats, cuda))
+
+
+def run_timed(main: Callable[[], int]) -> None:
+    """Run a benchmark's ``main``, print its total wall time, and exit with its status."""
+    start = time.perf_counter()
+    status = main()
+    print(f"total {time.perf_counter() - start:.1f} s")
+    raise SystemExit(status)
