@@ -257,6 +257,33 @@ def test_full_never_materialises_batch_by_bank() -> None:
     assert dense.largest >= b * n
 
 
+class _OpNames(TorchDispatchMode):
+    """Records the name of every aten op that runs inside the mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_full_backward_does_not_recompute_bank_products() -> None:
+    queries, bank, positives = _full_inputs(seed=17, b=4, n=40, d=3)
+    queries.requires_grad_(True)
+    loss = bank_contrastive_loss_full(queries, bank, positives, None, 0.1, bank_chunk=6)
+    with _OpNames() as backward_ops:
+        loss.backward()
+    products = [
+        n for n in backward_ops.names if n.split(".")[0] in {"mm", "addmm", "bmm", "matmul", "einsum"}
+    ]
+    assert backward_ops.names and not products, backward_ops.names
+    with torch.no_grad(), _OpNames() as no_grad_ops:  # no gradient wanted: no [B, D] accumulation either
+        bank_contrastive_loss_full(queries, bank, positives, None, 0.1, bank_chunk=6)
+    assert no_grad_ops.names.count("mm.default") == 7  # one q·Mᵀ per chunk, no probs·M
+
+
 def _full_error_cases():
     q, m, pos = _full_inputs(seed=16)
     return [

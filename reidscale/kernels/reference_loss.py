@@ -22,7 +22,17 @@ import torch.nn.functional as F
 
 from reidscale.kernels.reference_topk import describe_value
 
-__all__ = ["bank_contrastive_loss_candidates", "bank_contrastive_loss_full", "bank_update"]
+__all__ = [
+    "bank_contrastive_loss_candidates",
+    "bank_contrastive_loss_full",
+    "bank_update",
+    "check_candidate_inputs",
+    "check_full_inputs",
+    "check_update_inputs",
+    "full_bank_terms",
+    "loss_from_terms",
+    "needs_query_grad",
+]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _NORMALIZE_EPS = 1e-12
@@ -94,7 +104,67 @@ def _accumulation_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
+# ------------------------------------------------------------------------------- loss from per-query terms
+class _LossFromTerms(torch.autograd.Function):
+    """``mean_b per_query[b]`` whose gradient w.r.t. the queries was computed in the forward pass.
+
+    Every backend of the bank losses returns ``(per_query [B], grad [B, D])`` with ``grad[b] = dL_b/dq_b``
+    computed during its one streaming pass over the bank, so the backward is a scale: it never touches the
+    bank again and never recomputes the B×N product.
+    """
+
+    @staticmethod
+    def forward(ctx, queries, per_query, grad):  # type: ignore[override]
+        ctx.save_for_backward(grad)
+        ctx.batch, ctx.queries_dtype = queries.shape[0], queries.dtype
+        return per_query.mean()
+
+    @staticmethod
+    def backward(ctx, grad_loss):  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        return (grad * (grad_loss / ctx.batch)).to(ctx.queries_dtype), None, None
+
+
+def loss_from_terms(
+    queries: torch.Tensor, per_query: torch.Tensor, grad: torch.Tensor | None
+) -> torch.Tensor:
+    """Scalar ``mean_b per_query[b]`` back-propagating ``grad [B, D]`` (dL_b/dq_b, or None) to the queries.
+
+    Args:
+        queries: ``[B, D]`` the tensor that receives the gradient.
+        per_query: ``[B]`` per-query losses (already computed, no autograd history).
+        grad: ``[B, D]`` per-query gradients, or None when no gradient is needed.
+    """
+    if grad is None:
+        return per_query.mean()
+    return _LossFromTerms.apply(queries, per_query, grad)
+
+
+def needs_query_grad(queries: torch.Tensor) -> bool:
+    """Whether the loss must produce ``dL/dq``: grad mode on and ``queries.requires_grad``."""
+    return torch.is_grad_enabled() and queries.requires_grad
+
+
 # ------------------------------------------------------------------------------------ candidate-set form
+def check_candidate_inputs(
+    queries: object, bank: object, candidates: object, weights: object, temperature: object
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Validate the candidate-set loss inputs: ``(queries, bank, candidates, weights, temperature)``.
+
+    Raises:
+        ValueError: naming the argument and what was expected.
+    """
+    queries, bank = _check_queries_bank(queries, bank)
+    candidates = _check_index_matrix("candidates", candidates, queries.shape[0], bank.shape[0])
+    padding = candidates < 0
+    weights = _check_weights("weights", weights, padding)
+    temperature = _check_temperature(temperature)
+    _check_same_device(queries=queries, bank=bank, candidates=candidates, weights=weights)
+    if candidates.shape[1] == 0 or bool(padding.all(dim=1).any()):
+        raise ValueError("candidates must hold at least one valid (non -1) index in every row")
+    return queries, bank, candidates, weights, temperature
+
+
 def bank_contrastive_loss_candidates(
     queries: torch.Tensor,
     bank: torch.Tensor,
@@ -119,18 +189,14 @@ def bank_contrastive_loss_candidates(
     Returns:
         Scalar ``[]`` tensor in the accumulation dtype (float64 if any input is float64, else float32).
 
-    Memory: gathers the ``[B, C, D]`` candidate rows in the accumulation dtype (kept by autograd for dQ).
+    Memory: gathers the ``[B, C, D]`` candidate rows in the accumulation dtype (kept by autograd for dQ);
+    this definition is plain autograd, the fused kernels load the rows by index instead.
     """
-    queries, bank = _check_queries_bank(queries, bank)
-    candidates = _check_index_matrix("candidates", candidates, queries.shape[0], bank.shape[0])
+    queries, bank, candidates, weights, temperature = check_candidate_inputs(
+        queries, bank, candidates, weights, temperature
+    )
     padding = candidates < 0
-    weights = _check_weights("weights", weights, padding)
-    temperature = _check_temperature(temperature)
-    _check_same_device(queries=queries, bank=bank, candidates=candidates, weights=weights)
-    if candidates.shape[1] == 0 or bool(padding.all(dim=1).any()):
-        raise ValueError("candidates must hold at least one valid (non -1) index in every row")
     dtype = _accumulation_dtype(queries, bank)
-
     rows = bank.detach()[candidates.clamp(min=0)].to(dtype)  # [B, C, D]
     logits = torch.einsum("bd,bcd->bc", queries.to(dtype), rows) / temperature  # [B, C]
     log_probs = torch.log_softmax(logits.masked_fill(padding, float("-inf")), dim=1)
@@ -140,91 +206,22 @@ def bank_contrastive_loss_candidates(
 
 
 # -------------------------------------------------------------------------------------- whole-bank form
-def _chunk_logits(q: torch.Tensor, bank: torch.Tensor, start: int, stop: int, temperature: float):
-    """``[B, stop - start]`` logits of ``q`` (already in the accumulation dtype) against bank rows."""
-    chunk = bank[start:stop].to(q.dtype)  # [chunk, D]
-    return (q @ chunk.T) / temperature, chunk
+def check_full_inputs(
+    queries: object,
+    bank: object,
+    positives: object,
+    positive_weights: object,
+    temperature: object,
+    bank_chunk: object = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float, int]:
+    """Validate the whole-bank loss inputs: ``(queries, bank, positives, weights, temperature, chunk)``.
 
+    ``weights`` comes back in the accumulation dtype, uniform over the valid positives when
+    ``positive_weights`` is None; ``chunk`` is the bank rows per streamed block (N when ``bank_chunk`` is
+    None).
 
-def _streaming_logsumexp(q: torch.Tensor, bank: torch.Tensor, temperature: float, chunk: int) -> torch.Tensor:
-    """``[B]`` logsumexp over all N bank rows, one ``[B, chunk]`` block at a time (running max + sum)."""
-    running_max = torch.full((q.shape[0],), float("-inf"), dtype=q.dtype, device=q.device)
-    running_sum = torch.zeros_like(running_max)
-    for start in range(0, bank.shape[0], chunk):
-        logits, _ = _chunk_logits(q, bank, start, start + chunk, temperature)
-        new_max = torch.maximum(running_max, logits.amax(dim=1))
-        running_sum = running_sum * torch.exp(running_max - new_max) + torch.exp(
-            logits - new_max[:, None]
-        ).sum(dim=1)
-        running_max = new_max
-    return running_max + torch.log(running_sum)
-
-
-def _positive_logits(q: torch.Tensor, bank: torch.Tensor, positives: torch.Tensor, temperature: float):
-    """``[B, P]`` logits of the positives (padding slots hold an arbitrary finite value) and their rows."""
-    rows = bank[positives.clamp(min=0)].to(q.dtype)  # [B, P, D]
-    return torch.einsum("bd,bpd->bp", q, rows) / temperature, rows
-
-
-class _FullBankContrastive(torch.autograd.Function):
-    """Autograd wrapper: saves only ``[B]`` logsumexp statistics, streams the bank in both passes."""
-
-    @staticmethod
-    def forward(ctx, queries, bank, positives, weights, temperature, chunk):  # type: ignore[override]
-        q = queries.detach().to(weights.dtype)
-        lse = _streaming_logsumexp(q, bank, temperature, chunk)  # [B]
-        pos_logits, _ = _positive_logits(q, bank, positives, temperature)  # [B, P]
-        per_query = weights.sum(dim=1) * lse - (weights * pos_logits).sum(dim=1)
-        ctx.save_for_backward(queries, bank, positives, weights, lse)
-        ctx.temperature, ctx.chunk = temperature, chunk
-        return per_query.mean()
-
-    @staticmethod
-    def backward(ctx, grad_loss):  # type: ignore[override]
-        queries, bank, positives, weights, lse = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None, None
-        q = queries.detach().to(weights.dtype)
-        # Σ_n softmax_bn · m_n, recomputing each [B, chunk] logit block (the fused kernels avoid this).
-        expected_row = torch.zeros_like(q)  # [B, D]
-        for start in range(0, bank.shape[0], ctx.chunk):
-            logits, rows = _chunk_logits(q, bank, start, start + ctx.chunk, ctx.temperature)
-            expected_row += torch.exp(logits - lse[:, None]) @ rows
-        _, pos_rows = _positive_logits(q, bank, positives, ctx.temperature)  # [B, P, D]
-        weighted_pos = torch.einsum("bp,bpd->bd", weights, pos_rows)
-        grad_q = weights.sum(dim=1, keepdim=True) * expected_row - weighted_pos
-        grad_q = grad_q * (grad_loss / (q.shape[0] * ctx.temperature))
-        return grad_q.to(queries.dtype), None, None, None, None, None
-
-
-def bank_contrastive_loss_full(
-    queries: torch.Tensor,
-    bank: torch.Tensor,
-    positives: torch.Tensor,
-    positive_weights: torch.Tensor | None,
-    temperature: float,
-    bank_chunk: int | None = None,
-) -> torch.Tensor:
-    """Multi-positive InfoNCE with the softmax over ALL bank rows (MoCo queue / instance memory).
-
-    ``L_b = -Σ_p w_bp · (s_b,p - logsumexp_n s_b,n)`` with ``s_b,n = q_b · m_n / temperature``; the result is
-    ``mean_b L_b``. Weights default to uniform over the valid positives of each row (``1 / #valid``).
-
-    Memory is ``O(B · bank_chunk)``: the forward streams over bank chunks with an online logsumexp and
-    saves only the ``[B]`` logsumexp; the backward streams again and recomputes each chunk's logits to form
-    ``dL/dq_b = (W_b · Σ_n softmax_bn m_n - Σ_p w_bp m_p) / (B · temperature)`` with ``W_b = Σ_p w_bp``.
-    (This reference recomputes the chunk products in the backward; the fused kernels avoid that.)
-
-    Args:
-        queries: ``[B, D]`` float16/bfloat16/float32/float64; the only input that receives a gradient.
-        bank: ``[N, D]`` floating; a constant buffer (never gets a gradient).
-        positives: ``[B, P]`` int64 in ``[-1, N)``, ``-1`` = padding; each row needs one valid positive.
-        positive_weights: ``[B, P]`` floating, finite, ``>= 0``, 0 on padding; or None for uniform.
-        temperature: positive float.
-        bank_chunk: bank rows per streamed block, ``>= 1``; None means all N rows in one block.
-
-    Returns:
-        Scalar ``[]`` tensor in the accumulation dtype (float64 if any input is float64, else float32).
+    Raises:
+        ValueError: naming the argument and what was expected.
     """
     queries, bank = _check_queries_bank(queries, bank)
     positives = _check_index_matrix("positives", positives, queries.shape[0], bank.shape[0])
@@ -240,7 +237,93 @@ def bank_contrastive_loss_full(
     else:
         weights = _check_weights("positive_weights", positive_weights, padding).to(dtype)
     _check_same_device(queries=queries, bank=bank, positives=positives, positive_weights=weights)
-    return _FullBankContrastive.apply(queries, bank.detach(), positives, weights, temperature, chunk)
+    return queries, bank, positives, weights, temperature, chunk
+
+
+def full_bank_terms(
+    queries: torch.Tensor,
+    bank: torch.Tensor,
+    positives: torch.Tensor,
+    weights: torch.Tensor,
+    temperature: float,
+    chunk: int,
+    need_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-query whole-bank InfoNCE and its gradient, in one streaming pass over the bank (inputs checked).
+
+    With ``s_bn = q_b · m_n / temperature``, ``lse_b = logsumexp_n s_bn`` and ``W_b = Σ_p w_bp``::
+
+        per_query[b] = W_b · lse_b − Σ_p w_bp · s_b,p
+        grad[b]      = (W_b · Σ_n softmax(s_b)_n · m_n − Σ_p w_bp · m_p) / temperature   (= dL_b/dq_b)
+
+    Each ``[B, chunk]`` logit block updates a running max, a running sum of exponentials and (when
+    ``need_grad``) a running ``[B, D]`` sum of ``exp(s − max) · m``, rescaled whenever the max moves, as in
+    a flash-attention forward with the bank as both keys and values. Memory O(B·(chunk + D + P·D)).
+
+    Returns:
+        ``(per_query [B], grad [B, D] or None)`` in the accumulation dtype of ``weights``.
+    """
+    q = queries.detach().to(weights.dtype)
+    bank = bank.detach()
+    running_max = torch.full((q.shape[0],), float("-inf"), dtype=q.dtype, device=q.device)
+    running_sum = torch.zeros_like(running_max)
+    expected_row = torch.zeros_like(q) if need_grad else None  # [B, D], scaled by exp(-running_max)
+    for start in range(0, bank.shape[0], chunk):
+        rows = bank[start : start + chunk].to(q.dtype)  # [chunk, D]
+        logits = (q @ rows.T) / temperature  # [B, chunk]
+        new_max = torch.maximum(running_max, logits.amax(dim=1))
+        rescale = torch.exp(running_max - new_max)  # 0 on the first block
+        probs = torch.exp(logits - new_max[:, None])
+        running_sum = running_sum * rescale + probs.sum(dim=1)
+        if expected_row is not None:
+            expected_row = expected_row * rescale[:, None] + probs @ rows
+        running_max = new_max
+    pos_rows = bank[positives.clamp(min=0)].to(q.dtype)  # [B, P, D]
+    pos_logits = torch.einsum("bd,bpd->bp", q, pos_rows) / temperature
+    total_weight = weights.sum(dim=1)
+    per_query = total_weight * (running_max + torch.log(running_sum)) - (weights * pos_logits).sum(dim=1)
+    if expected_row is None:
+        return per_query, None
+    weighted_pos = torch.einsum("bp,bpd->bd", weights, pos_rows)
+    grad = (total_weight[:, None] * expected_row / running_sum[:, None] - weighted_pos) / temperature
+    return per_query, grad
+
+
+def bank_contrastive_loss_full(
+    queries: torch.Tensor,
+    bank: torch.Tensor,
+    positives: torch.Tensor,
+    positive_weights: torch.Tensor | None,
+    temperature: float,
+    bank_chunk: int | None = None,
+) -> torch.Tensor:
+    """Multi-positive InfoNCE with the softmax over ALL bank rows (MoCo queue / instance memory).
+
+    ``L_b = -Σ_p w_bp · (s_b,p - logsumexp_n s_b,n)`` with ``s_b,n = q_b · m_n / temperature``; the result is
+    ``mean_b L_b``. Weights default to uniform over the valid positives of each row (``1 / #valid``).
+
+    Memory is ``O(B · (bank_chunk + D))``: one streaming pass over bank chunks computes the online
+    logsumexp and, when the queries need a gradient, ``dL/dq`` itself (see :func:`full_bank_terms`); the
+    backward only scales that saved ``[B, D]`` gradient, so the B×N product is never recomputed.
+
+    Args:
+        queries: ``[B, D]`` float16/bfloat16/float32/float64; the only input that receives a gradient.
+        bank: ``[N, D]`` floating; a constant buffer (never gets a gradient).
+        positives: ``[B, P]`` int64 in ``[-1, N)``, ``-1`` = padding; each row needs one valid positive.
+        positive_weights: ``[B, P]`` floating, finite, ``>= 0``, 0 on padding; or None for uniform.
+        temperature: positive float.
+        bank_chunk: bank rows per streamed block, ``>= 1``; None means all N rows in one block.
+
+    Returns:
+        Scalar ``[]`` tensor in the accumulation dtype (float64 if any input is float64, else float32).
+    """
+    queries, bank, positives, weights, temperature, chunk = check_full_inputs(
+        queries, bank, positives, positive_weights, temperature, bank_chunk
+    )
+    per_query, grad = full_bank_terms(
+        queries, bank, positives, weights, temperature, chunk, needs_query_grad(queries)
+    )
+    return loss_from_terms(queries, per_query, grad)
 
 
 def _check_bank_chunk(bank_chunk: object, bank_rows: int) -> int:
@@ -252,6 +335,31 @@ def _check_bank_chunk(bank_chunk: object, bank_rows: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------- bank update
+def check_update_inputs(
+    bank: object, indices: object, features: object, momentum: object
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Validate the bank update inputs: ``(bank, indices, features, momentum)``.
+
+    Raises:
+        ValueError: naming the argument and what was expected.
+    """
+    bank = _check_float_matrix("bank", bank)
+    features = _check_float_matrix("features", features)
+    if not isinstance(indices, torch.Tensor) or indices.dtype != torch.int64 or indices.dim() != 1:
+        raise ValueError(f"indices must be a 1-D int64 tensor, got {describe_value(indices)}")
+    if indices.shape[0] != features.shape[0] or features.shape[1] != bank.shape[1]:
+        raise ValueError(
+            f"features must have shape [len(indices), D] = [{indices.shape[0]}, {bank.shape[1]}], "
+            f"got {tuple(features.shape)}"
+        )
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= bank.shape[0]):
+        raise ValueError(f"indices values must lie in [0, {bank.shape[0]})")
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be a float in [0, 1], got {momentum!r}")
+    _check_same_device(bank=bank, indices=indices, features=features)
+    return bank, indices, features, float(momentum)
+
+
 def bank_update(
     bank: torch.Tensor,
     indices: torch.Tensor,
@@ -277,20 +385,7 @@ def bank_update(
         momentum: weight of the old row, in ``[0, 1]``.
         normalize: L2-normalise each updated row.
     """
-    bank = _check_float_matrix("bank", bank)
-    features = _check_float_matrix("features", features)
-    if not isinstance(indices, torch.Tensor) or indices.dtype != torch.int64 or indices.dim() != 1:
-        raise ValueError(f"indices must be a 1-D int64 tensor, got {describe_value(indices)}")
-    if indices.shape[0] != features.shape[0] or features.shape[1] != bank.shape[1]:
-        raise ValueError(
-            f"features must have shape [len(indices), D] = [{indices.shape[0]}, {bank.shape[1]}], "
-            f"got {tuple(features.shape)}"
-        )
-    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= bank.shape[0]):
-        raise ValueError(f"indices values must lie in [0, {bank.shape[0]})")
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum must be a float in [0, 1], got {momentum!r}")
-    _check_same_device(bank=bank, indices=indices, features=features)
+    bank, indices, features, momentum = check_update_inputs(bank, indices, features, momentum)
     if indices.numel() == 0:
         return
     with torch.no_grad():
