@@ -1,16 +1,19 @@
 """Benchmark: memory-bank top-k (``bank_topk``) and the whole-bank contrastive loss against plain torch.
 
-Top-k backends (``TOPK_BACKENDS``, the extension point: name → module-level setup function; add the
-Triton / CUDA backends there when they exist, they are not faked here):
+Top-k backends (``TOPK_BACKENDS``: name → module-level setup function; a backend that cannot run here is
+reported as "not run (reason)" and writes no row):
 
 * ``mm+topk``: the baseline. ``Q @ M_chunkᵀ`` then ``torch.topk`` per bank chunk (chunk = as many rows as
   fit ``--mm-budget-mb`` of B×chunk fp32 scores), merged with another ``torch.topk`` (no full sort).
 * ``reference``: ``reidscale.kernels.reference.bank_topk`` with its default bank chunk (8192 rows).
 * ``faiss``: exact ``IndexFlatIP`` (GPU index when faiss sees a GPU and ``--device cuda``, else CPU). The
-  index is built in the case's setup (not timed); it holds its own copy of the bank.
+  index is built in the case's setup (not timed); it holds its own copy of the bank (fp32).
+* ``triton``: the fused Triton kernel (CUDA tensors; k ≤ 128).
+* ``cuda``: the CUDA extension op ``reidscale._C`` (CUDA tensors; k ≤ 4096).
 
-Loss: ``bank_contrastive_loss_full`` (``bank_chunk=LOSS_BANK_CHUNK``) forward + backward against a dense
-torch reference (the B×N logits, ``log_softmax``, autograd), P=4 positives per query, temperature 0.1.
+Loss: ``bank_contrastive_loss_full`` (``bank_chunk=LOSS_BANK_CHUNK``) and, on CUDA tensors, the Triton
+one-pass kernel, forward + backward against a dense torch reference (the B×N logits, ``log_softmax``,
+autograd), P=4 positives per query, temperature 0.1.
 
 Shapes (issue 4, "Benchmarks"); N is the bank size. ``--scale full`` runs the issue's N; ``--scale cpu``
 divides N by the per-shape divisor below so that the whole CPU run takes ~4 minutes on 2 cores. Every row
@@ -65,7 +68,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: `benchmarks` imports
 from benchmarks.common import Measurement, append_rows, measure_isolated, provenance, results_path, run_timed
-from reidscale.kernels.reference import bank_contrastive_loss_full, bank_topk
+from reidscale.kernels.reference import bank_contrastive_loss_full
+from reidscale.kernels.reference import bank_topk as reference_bank_topk
 
 SEED = 0
 TEMPERATURE = 0.1
@@ -73,7 +77,9 @@ NUM_POSITIVES = 4
 LOSS_BANK_CHUNK = 8192
 ROOFLINE_MATMUL = 4096
 ROOFLINE_COPY_BYTES = 512 * 2**20
-BYTES_PER_ELEMENT = 4  # fp32 features
+SCORE_BYTES = 4  # fp32 scores
+#: feature dtypes of ``--dtype``
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -102,11 +108,27 @@ SHAPES: dict[str, Shape] = {
 }
 
 
+@dataclass(frozen=True)
+class CaseSpec:
+    """What a backend's setup gets: the shape, the bank rows actually run, device, mm budget, dtype."""
+
+    shape: Shape
+    n_rows: int
+    device: str
+    budget_mb: int
+    dtype: str
+
+    def inputs(self, device: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return make_inputs(self.shape.batch, self.shape.dim, self.n_rows, device or self.device, self.dtype)
+
+
 # ------------------------------------------------------------------------------------------------ inputs
 
 
-def make_inputs(batch: int, dim: int, n_rows: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-normalised random (queries [B, D], bank [N, D]) fp32, identical in every process (fixed seed)."""
+def make_inputs(
+    batch: int, dim: int, n_rows: int, device: str, dtype: str = "float32"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised random (queries [B, D], bank [N, D]) in ``dtype``, identical in every process."""
     if min(batch, dim, n_rows) < 1:
         raise ValueError(f"batch, dim and n_rows must be >= 1, got {batch}, {dim}, {n_rows}")
     generator = torch.Generator().manual_seed(SEED)
@@ -114,7 +136,7 @@ def make_inputs(batch: int, dim: int, n_rows: int, device: str) -> tuple[torch.T
     bank = torch.randn(n_rows, dim, generator=generator)
     queries.div_(queries.norm(dim=1, keepdim=True))
     bank.div_(bank.norm(dim=1, keepdim=True))
-    return queries.to(device), bank.to(device)
+    return queries.to(device, DTYPES[dtype]), bank.to(device, DTYPES[dtype])
 
 
 def make_positives(batch: int, n_rows: int, device: str) -> torch.Tensor:
@@ -147,18 +169,18 @@ def mm_topk(queries: torch.Tensor, bank: torch.Tensor, k: int, chunk: int) -> tu
 
 def mm_chunk_rows(batch: int, n_rows: int, k: int, budget_mb: int) -> int:
     """Bank rows per mm+topk chunk: B×chunk fp32 scores within ``budget_mb`` (at least k, at most N)."""
-    return min(n_rows, max(k, budget_mb * 2**20 // (batch * BYTES_PER_ELEMENT)))
+    return min(n_rows, max(k, budget_mb * 2**20 // (batch * SCORE_BYTES)))
 
 
-def setup_mm_topk(shape: Shape, n_rows: int, device: str, budget_mb: int) -> Callable[[], Any]:
-    queries, bank = make_inputs(shape.batch, shape.dim, n_rows, device)
-    chunk = mm_chunk_rows(shape.batch, n_rows, shape.k, budget_mb)
-    return lambda: tuple(t.cpu() for t in mm_topk(queries, bank, shape.k, chunk))
+def setup_mm_topk(case: CaseSpec) -> Callable[[], Any]:
+    queries, bank = case.inputs()
+    chunk = mm_chunk_rows(case.shape.batch, case.n_rows, case.shape.k, case.budget_mb)
+    return lambda: tuple(t.cpu() for t in mm_topk(queries, bank, case.shape.k, chunk))
 
 
-def setup_reference(shape: Shape, n_rows: int, device: str, budget_mb: int) -> Callable[[], Any]:
-    queries, bank = make_inputs(shape.batch, shape.dim, n_rows, device)
-    return lambda: tuple(t.cpu() for t in bank_topk(queries, bank, shape.k))
+def setup_reference(case: CaseSpec) -> Callable[[], Any]:
+    queries, bank = case.inputs()
+    return lambda: tuple(t.cpu() for t in reference_bank_topk(queries, bank, case.shape.k))
 
 
 def _faiss_gpu(faiss_module: Any, device: str) -> bool:
@@ -166,39 +188,73 @@ def _faiss_gpu(faiss_module: Any, device: str) -> bool:
     return device.startswith("cuda") and gpus > 0
 
 
-def setup_faiss(shape: Shape, n_rows: int, device: str, budget_mb: int) -> Callable[[], Any]:
+def setup_faiss(case: CaseSpec) -> Callable[[], Any]:
     import faiss
 
-    queries, bank = make_inputs(shape.batch, shape.dim, n_rows, "cpu")
-    index = faiss.IndexFlatIP(shape.dim)
-    index.add(bank.numpy())
+    queries, bank = case.inputs("cpu")
+    index = faiss.IndexFlatIP(case.shape.dim)
+    index.add(bank.float().numpy())
     del bank
-    if _faiss_gpu(faiss, device):
+    if _faiss_gpu(faiss, case.device):
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-    query_array = queries.numpy()
+    query_array = queries.float().numpy()
 
-    def case() -> tuple[torch.Tensor, torch.Tensor]:
-        scores, ids = index.search(query_array, shape.k)
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
+        scores, ids = index.search(query_array, case.shape.k)
         return torch.from_numpy(scores), torch.from_numpy(ids)
 
-    return case
+    return run
 
 
-#: name → setup(shape, n_rows, device, mm_budget_mb) returning the timed case; "mm+topk" is the baseline.
-TOPK_BACKENDS: dict[str, Callable[..., Callable[[], Any]]] = {
+def setup_triton_topk(case: CaseSpec) -> Callable[[], Any]:
+    from reidscale.kernels.triton import triton_bank_topk
+
+    queries, bank = case.inputs()
+    return lambda: tuple(t.cpu() for t in triton_bank_topk(queries, bank, case.shape.k))
+
+
+def setup_cuda_topk(case: CaseSpec) -> Callable[[], Any]:
+    from reidscale.kernels.cuda import cuda_bank_topk
+
+    queries, bank = case.inputs()
+    return lambda: tuple(t.cpu() for t in cuda_bank_topk(queries, bank, case.shape.k))
+
+
+#: name → setup(case) returning the timed callable; "mm+topk" is the baseline.
+TOPK_BACKENDS: dict[str, Callable[[CaseSpec], Callable[[], Any]]] = {
     "mm+topk": setup_mm_topk,
     "reference": setup_reference,
     "faiss": setup_faiss,
+    "triton": setup_triton_topk,
+    "cuda": setup_cuda_topk,
 }
 
 
-def available_topk_backends() -> dict[str, Callable[..., Callable[[], Any]]]:
-    """``TOPK_BACKENDS`` without the ones that cannot run here (faiss not importable)."""
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return {name: setup for name, setup in TOPK_BACKENDS.items() if name != "faiss"}
-    return dict(TOPK_BACKENDS)
+def why_not_topk_backend(name: str, case: CaseSpec) -> str | None:
+    """None if top-k backend ``name`` can run ``case`` here, else the reason (printed, no row written)."""
+    if name == "faiss":
+        try:
+            import faiss  # noqa: F401
+        except ImportError as err:
+            return f"faiss not importable ({err})"
+        return None
+    return _why_not_kernel(name, case)
+
+
+def _why_not_kernel(name: str, case: CaseSpec) -> str | None:
+    """Reason the Triton / CUDA kernels cannot run ``case`` (they need CUDA tensors), or None."""
+    if name not in ("triton", "cuda"):
+        return None
+    if not case.device.startswith("cuda"):
+        return f"the {name} kernel runs on CUDA tensors (--device {case.device})"
+    from reidscale.kernels.dispatch import TRITON_TOPK_MAX_K, backend_status
+
+    usable, reason = backend_status(name)
+    if not usable:
+        return reason
+    if name == "triton" and case.shape.op == "topk" and case.shape.k > TRITON_TOPK_MAX_K:
+        return f"k = {case.shape.k} > {TRITON_TOPK_MAX_K} (the Triton kernel would run the torch reference)"
+    return None
 
 
 # ------------------------------------------------------------------------------------------ loss cases
@@ -210,35 +266,49 @@ def dense_loss(queries: torch.Tensor, bank: torch.Tensor, positives: torch.Tenso
     return -log_probs.gather(1, positives).mean(dim=1).mean()
 
 
-def _loss_case(loss_fn: Callable[..., torch.Tensor], shape: Shape, n_rows: int, device: str):
-    queries, bank = make_inputs(shape.batch, shape.dim, n_rows, device)
-    positives = make_positives(shape.batch, n_rows, device)
+def _loss_case(loss_fn: Callable[..., torch.Tensor], case: CaseSpec) -> Callable[[], Any]:
+    queries, bank = case.inputs()
+    positives = make_positives(case.shape.batch, case.n_rows, case.device)
 
-    def case() -> tuple[float, torch.Tensor]:
+    def run() -> tuple[float, torch.Tensor]:
         leaf = queries.clone().requires_grad_(True)
         loss = loss_fn(leaf, bank, positives)
         loss.backward()
-        return float(loss.detach()), leaf.grad.cpu()
+        return float(loss.detach()), leaf.grad.float().cpu()
 
-    return case
+    return run
 
 
-def setup_loss_dense(shape: Shape, n_rows: int, device: str, budget_mb: int) -> Callable[[], Any]:
-    return _loss_case(dense_loss, shape, n_rows, device)
+def setup_loss_dense(case: CaseSpec) -> Callable[[], Any]:
+    return _loss_case(dense_loss, case)
 
 
 def _streamed_loss(queries: torch.Tensor, bank: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
     return bank_contrastive_loss_full(queries, bank, positives, None, TEMPERATURE, bank_chunk=LOSS_BANK_CHUNK)
 
 
-def setup_loss_reference(shape: Shape, n_rows: int, device: str, budget_mb: int) -> Callable[[], Any]:
-    return _loss_case(_streamed_loss, shape, n_rows, device)
+def setup_loss_reference(case: CaseSpec) -> Callable[[], Any]:
+    return _loss_case(_streamed_loss, case)
+
+
+def _triton_loss(queries: torch.Tensor, bank: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    from reidscale.kernels.reference_loss import loss_from_terms, needs_query_grad
+    from reidscale.kernels.triton import triton_loss_full_terms
+
+    weights = torch.full(positives.shape, 1.0 / positives.shape[1], device=positives.device)
+    terms = triton_loss_full_terms(queries, bank, positives, weights, TEMPERATURE, needs_query_grad(queries))
+    return loss_from_terms(queries, *terms)
+
+
+def setup_loss_triton(case: CaseSpec) -> Callable[[], Any]:
+    return _loss_case(_triton_loss, case)
 
 
 #: loss backends, same contract as TOPK_BACKENDS; "dense" is the baseline.
-LOSS_BACKENDS: dict[str, Callable[..., Callable[[], Any]]] = {
+LOSS_BACKENDS: dict[str, Callable[[CaseSpec], Callable[[], Any]]] = {
     "dense": setup_loss_dense,
     "reference": setup_loss_reference,
+    "triton": setup_loss_triton,
 }
 
 
@@ -302,9 +372,12 @@ def measure_roofline(device: str) -> Roofline:
 # -------------------------------------------------------------------------------------------- agreement
 
 
-def score_tolerance(dim: int) -> float:
-    """Twice the worst-case fp32 rounding of a D-term dot product of unit rows: 2·D·2⁻²⁴."""
-    return 2 * dim * 2.0**-24
+def score_tolerance(dim: int, dtype: str = "float32") -> float:
+    """Twice the worst-case fp32 rounding of a D-term dot product of unit rows, 2·D·2⁻²⁴, plus the rounding
+    of a score to ``dtype`` (the baseline's ``mm`` returns scores in the feature dtype): 2⁻⁸ for bfloat16,
+    2⁻¹¹ for float16."""
+    output_rounding = {"float32": 0.0, "bfloat16": 2.0**-8, "float16": 2.0**-11}[dtype]
+    return 2 * dim * 2.0**-24 + output_rounding
 
 
 def exact_scores(queries: torch.Tensor, bank: torch.Tensor, rows: torch.Tensor, ids: torch.Tensor):
@@ -318,12 +391,16 @@ def exact_scores(queries: torch.Tensor, bank: torch.Tensor, rows: torch.Tensor, 
 
 
 def topk_agreement(
-    queries: torch.Tensor, bank: torch.Tensor, base: tuple[torch.Tensor, ...], other: tuple[torch.Tensor, ...]
+    queries: torch.Tensor,
+    bank: torch.Tensor,
+    base: tuple[torch.Tensor, ...],
+    other: tuple[torch.Tensor, ...],
+    dtype: str = "float32",
 ) -> dict[str, Any]:
     """Compare a backend's (scores [B, k], ids [B, k]) with the baseline's, position by position."""
     if base[0].shape != other[0].shape or base[1].shape != other[1].shape:
         raise ValueError(f"other must have shape {tuple(base[0].shape)}, got {tuple(other[0].shape)}")
-    tol = score_tolerance(queries.shape[1])
+    tol = score_tolerance(queries.shape[1], dtype)
     base_ids, other_ids = base[1].long(), other[1].long()
     rows, cols = (base_ids != other_ids).nonzero(as_tuple=True)
     if (other_ids[rows, cols] < 0).any():
@@ -370,10 +447,10 @@ def free_bytes(device: str) -> int:
 
 
 def needed_bytes(shape: Shape, n_rows: int, budget_mb: int) -> int:
-    """Rough peak of the largest case: bank twice (inputs + faiss copy, or loss logits) + working set."""
-    bank = n_rows * shape.dim * BYTES_PER_ELEMENT
+    """Rough fp32 peak of the largest case: bank twice (inputs + faiss copy, or loss logits) + work."""
+    bank = n_rows * shape.dim * SCORE_BYTES
     if shape.op == "loss":
-        return bank + 4 * shape.batch * n_rows * BYTES_PER_ELEMENT
+        return bank + 4 * shape.batch * n_rows * SCORE_BYTES
     sort_work = 4 * shape.batch * (shape.k + 8192) * 12
     return 2 * bank + budget_mb * 2**20 + sort_work
 
@@ -393,7 +470,7 @@ def shape_fields(name: str, shape: Shape, args: argparse.Namespace) -> dict[str,
         "reduced": f"yes (N = n_issue / {divisor:g})" if n_run != shape.n_issue else "no",
         "k": shape.k if shape.op == "topk" else "",
         "positives": "" if shape.op == "topk" else min(NUM_POSITIVES, n_run),
-        "dtype": "float32",
+        "dtype": args.dtype,
         "device_arg": args.device,
         "torch_threads": torch.get_num_threads(),
         "load_avg_1m": f"{os.getloadavg()[0]:.2f}",
@@ -425,7 +502,7 @@ def timing_fields(measured: Measurement, baseline: Measurement) -> dict[str, Any
 def roofline_fields(row: dict[str, Any], roofline: Roofline) -> dict[str, Any]:
     """Roofline columns of a row (uses its op, batch, dim, n_run and seconds_median)."""
     passes = 1 if row["op"] == "topk" else 2
-    bank_bytes = row["n_run"] * row["dim"] * BYTES_PER_ELEMENT
+    bank_bytes = row["n_run"] * row["dim"] * DTYPES[row["dtype"]].itemsize
     flops = 2 * passes * row["batch"] * row["n_run"] * row["dim"]
     roof_seconds, bound = roofline.seconds(flops, passes * bank_bytes)
     return {
@@ -462,20 +539,23 @@ def run_shape(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     if need > free:
         print(f"[{name}] SKIPPED: needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free", flush=True)
         return []
-    backends = available_topk_backends() if shape.op == "topk" else LOSS_BACKENDS
+    case = CaseSpec(shape, n_rows, args.device, args.mm_budget_mb, args.dtype)
+    backends = TOPK_BACKENDS if shape.op == "topk" else LOSS_BACKENDS
     cuda = args.device.startswith("cuda")
     measured: dict[str, Measurement] = {}
     for backend, setup in backends.items():
+        reason = why_not_topk_backend(backend, case) if shape.op == "topk" else _why_not_kernel(backend, case)
+        if reason is not None:
+            print(f"[{name}] {backend}: not run ({reason})", flush=True)
+            continue
         print(f"[{name}] {backend}: N={n_rows}, {args.repeats} repeat(s) ...", flush=True)
-        measured[backend] = measure_isolated(
-            setup, (shape, n_rows, args.device, args.mm_budget_mb), args.repeats, cuda
-        )
+        measured[backend] = measure_isolated(setup, (case,), args.repeats, cuda)
     base_name = next(iter(backends))
-    queries, bank = make_inputs(shape.batch, shape.dim, n_rows, "cpu")
+    queries, bank = case.inputs("cpu")
     rows = []
     for backend, result in measured.items():
         if shape.op == "topk":
-            agreement = topk_agreement(queries, bank, measured[base_name].result, result.result)
+            agreement = topk_agreement(queries, bank, measured[base_name].result, result.result, args.dtype)
         else:
             agreement = loss_agreement(measured[base_name].result, result.result)
         agreement = {**agreement, **NOT_APPLICABLE[shape.op]}
@@ -545,6 +625,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per case (median reported)")
     parser.add_argument("--mm-budget-mb", type=int, default=1024, help="mm+topk: B x chunk score budget")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="queries and bank dtype")
     parser.add_argument("--output", default=str(results_path("kernels")), help="CSV file to append rows to")
     args = parser.parse_args(argv)
     shapes = [name.strip() for name in args.shapes.split(",") if name.strip()]

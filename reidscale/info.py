@@ -1,7 +1,8 @@
 """``reidscale info``: what this machine can run, and why not where it cannot.
 
-The report has four parts (also the JSON keys): ``versions`` of python and the dependencies, ``gpus`` that
-torch sees, kernel ``backends`` (torch / triton / cuda) and optional ``components`` (deepspeed, DALI, faiss,
+The report has five parts (also the JSON keys): ``versions`` of python and the dependencies, ``gpus`` that
+torch sees, kernel ``backends`` (cuda / triton / torch), ``kernels`` (the ``REIDSCALE_KERNELS`` request and
+the backend each op uses for CUDA and CPU tensors) and optional ``components`` (deepspeed, DALI, faiss,
 wandb, ...). Each backend and component is ``{"usable": bool, "detail": str}`` where ``detail`` says what
 works or the reason it does not.
 """
@@ -71,29 +72,11 @@ def _nvcc_version() -> str | None:
     return release[0].split("release")[-1].strip() if release else out.strip()[:60]
 
 
-def backend_report(has_gpu: bool) -> dict[str, Status]:
-    """Kernel backends in dispatch order: the CUDA extension, Triton, plain torch."""
-    report: dict[str, Status] = {}
-    ext, why = _import("reidscale._C")
-    if ext is None:
-        report["cuda"] = _status(False, f"extension reidscale._C not built ({why}); see setup.py")
-    elif not has_gpu:
-        report["cuda"] = _status(False, "extension built but no CUDA GPU visible")
-    else:
-        report["cuda"] = _status(True, "reidscale._C loaded")
-    triton, why = _import("triton")
-    if triton is None:
-        report["triton"] = _status(False, why)
-    elif has_gpu:
-        report["triton"] = _status(True, f"triton {triton.__version__} on GPU")
-    elif os.environ.get("TRITON_INTERPRET") == "1":
-        report["triton"] = _status(
-            True, f"triton {triton.__version__} interpreter (TRITON_INTERPRET=1, slow)"
-        )
-    else:
-        report["triton"] = _status(False, "no GPU (set TRITON_INTERPRET=1 to run kernels in the interpreter)")
-    report["torch"] = _status(True, "reference implementation, always available")
-    return report
+def kernel_report() -> dict[str, Any]:
+    """The kernel dispatch: the ``REIDSCALE_KERNELS`` request, each backend's status, each op's choice."""
+    from reidscale.kernels.dispatch import dispatch_report
+
+    return dispatch_report()
 
 
 def _faiss_status() -> Status:
@@ -175,10 +158,12 @@ def collect_info() -> dict[str, Any]:
     versions["cuda"] = torch.version.cuda
     gpus = gpu_report()
     has_gpu = bool(gpus)
+    kernels = kernel_report()
     return {
         "versions": versions,
         "gpus": gpus,
-        "backends": backend_report(has_gpu),
+        "backends": kernels.pop("backends", {}),
+        "kernels": kernels,
         "components": component_report(has_gpu),
     }
 
@@ -195,4 +180,20 @@ def format_info(report: dict[str, Any]) -> str:
         for name, status in report[section].items():
             mark = "yes" if status["usable"] else "no "
             lines.append(f"  {name:<12} {mark}  {status['detail']}")
+        if section == "backends":
+            lines += _format_kernels(report["kernels"])
     return "\n".join(lines)
+
+
+def _format_kernels(kernels: dict[str, Any]) -> list[str]:
+    """One line per op: the backend that serves CUDA tensors and CPU tensors here."""
+    if "error" in kernels:
+        return [f"kernel ops: {kernels['error']}"]
+    lines = [f"kernel ops (REIDSCALE_KERNELS={kernels['requested']}):"]
+    for op, choice in kernels["ops"].items():
+        on_gpu = choice["cuda_tensors"] or "n/a (no GPU)"
+        order = " > ".join(choice["order"])
+        lines.append(
+            f"  {op:<22} cuda tensors: {on_gpu:<13} cpu tensors: {choice['cpu_tensors']:<7} ({order})"
+        )
+    return lines

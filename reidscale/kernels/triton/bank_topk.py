@@ -88,12 +88,12 @@ def _tile_scores(
     for d0 in range(0, dim, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         q = tl.load(
-            q_ptr + rows[:, None] * sq0 + offs_d[None, :] * sq1,
+            q_ptr + rows[:, None].to(tl.int64) * sq0 + offs_d[None, :] * sq1,
             mask=(rows[:, None] < n_batch) & (offs_d[None, :] < dim),
             other=0.0,
         )
         m = tl.load(
-            m_ptr + cols[None, :] * sm0 + offs_d[:, None] * sm1,
+            m_ptr + cols[None, :].to(tl.int64) * sm0 + offs_d[:, None] * sm1,  # N·D may pass 2**31
             mask=(cols[None, :] < n_rows) & (offs_d[:, None] < dim),
             other=0.0,
         )
