@@ -11,7 +11,18 @@ PYTEST_ARGS ?=
 
 venv: $(STAMP)
 
-$(STAMP): requirements-dev.txt pyproject.toml setup.py
+# The CUDA ops under csrc/ are compiled by the editable install (setup.py) when a toolkit is found. CUDA_HOME:
+# the environment's, else the toolkit nvcc itself reports (--dryrun's TOP=, which sees through wrapper scripts
+# such as /usr/local/bin/nvcc; torch would guess /usr/local from `which nvcc`), else empty (setup.py decides).
+# TORCH_CUDA_ARCH_LIST: the environment's, else setup.py's default ("8.0;9.0+PTX" when no GPU is visible).
+CSRC_SOURCES := $(wildcard csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h csrc/*/*.cuh)
+ifeq ($(origin CUDA_HOME),undefined)
+CUDA_HOME := $(shell nvcc --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's|^\#\$$ TOP=\(.*\)/bin/\.\.$$|\1|p')
+endif
+export CUDA_HOME
+export TORCH_CUDA_ARCH_LIST
+
+$(STAMP): requirements-dev.txt pyproject.toml setup.py $(CSRC_SOURCES)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PIN)
