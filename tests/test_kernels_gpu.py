@@ -130,6 +130,18 @@ def _truth(run, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return loss.detach(), leaf.grad
 
 
+def _assert_triton_within_twice_reference(
+    monkeypatch: pytest.MonkeyPatch, run, queries: torch.Tensor
+) -> None:
+    """Loss and dL/dq errors of the Triton backend vs a float64 truth ≤ 2× the torch backend's (+1e-6)."""
+    monkeypatch.setenv(dispatch.BACKEND_ENV, "torch")
+    truth = _truth(run, queries)
+    ref_err = _error_vs_truth(run, queries, truth)
+    monkeypatch.setenv(dispatch.BACKEND_ENV, "triton")
+    got_err = _error_vs_truth(run, queries, truth)
+    assert got_err[0] <= 2 * ref_err[0] + 1e-6 and got_err[1] <= 2 * ref_err[1] + 1e-6, (got_err, ref_err)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_whole_bank_loss_triton_within_twice_reference_error(monkeypatch: pytest.MonkeyPatch, dtype) -> None:
     _require("triton")
@@ -143,12 +155,7 @@ def test_whole_bank_loss_triton_within_twice_reference_error(monkeypatch: pytest
         m = bank if q.dtype != torch.float64 else bank.double()
         return dispatch.bank_contrastive_loss(q, m, 0.05, positives=positives)
 
-    monkeypatch.setenv(dispatch.BACKEND_ENV, "torch")
-    truth = _truth(run, queries)
-    ref_err = _error_vs_truth(run, queries, truth)
-    monkeypatch.setenv(dispatch.BACKEND_ENV, "triton")
-    got_err = _error_vs_truth(run, queries, truth)
-    assert got_err[0] <= 2 * ref_err[0] + 1e-6 and got_err[1] <= 2 * ref_err[1] + 1e-6, (got_err, ref_err)
+    _assert_triton_within_twice_reference(monkeypatch, run, queries)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -165,12 +172,7 @@ def test_candidate_loss_triton_within_twice_reference_error(monkeypatch: pytest.
         m = bank if q.dtype != torch.float64 else bank.double()
         return dispatch.bank_contrastive_loss(q, m, 0.1, candidates=candidates, weights=weights)
 
-    monkeypatch.setenv(dispatch.BACKEND_ENV, "torch")
-    truth = _truth(run, queries)
-    ref_err = _error_vs_truth(run, queries, truth)
-    monkeypatch.setenv(dispatch.BACKEND_ENV, "triton")
-    got_err = _error_vs_truth(run, queries, truth)
-    assert got_err[0] <= 2 * ref_err[0] + 1e-6 and got_err[1] <= 2 * ref_err[1] + 1e-6, (got_err, ref_err)
+    _assert_triton_within_twice_reference(monkeypatch, run, queries)
 
 
 # ------------------------------------------------------------------------------------------- bank update

@@ -9,10 +9,6 @@ copies of the inputs; the Triton error must be at most twice the reference's own
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 
 import pytest
@@ -20,8 +16,8 @@ import torch
 
 from reidscale.kernels import reference_loss as ref
 from reidscale.kernels.triton.bank_loss import triton_loss_candidate_terms, triton_loss_full_terms
+from tests.kernel_cases import case_tests, collect_cases, print_case_results
 
-Case = Callable[[torch.device], None]
 _EPS32 = 2.0**-24
 
 
@@ -184,35 +180,13 @@ def case_empty_batch(device: torch.device) -> None:
         assert fn(q, m, idx, w, 0.1, False)[1] is None
 
 
-CASES: dict[str, Case] = {name[5:]: fn for name, fn in sorted(globals().items()) if name.startswith("case_")}
-
-
-def _run_cases(device: torch.device) -> dict[str, str]:
-    """Run every case; name → "ok" or the failure text."""
-    results = {}
-    for name, fn in CASES.items():
-        try:
-            fn(device)
-            results[name] = "ok"
-        except Exception as exc:  # reported per case by the parent test
-            results[name] = f"{type(exc).__name__}: {exc}"
-    return results
+CASES = collect_cases(globals())
 
 
 # ------------------------------------------------------------------------------------------ tests
-@pytest.fixture(scope="module")
-def kernel_results() -> dict[str, str]:
-    if torch.cuda.is_available():
-        return _run_cases(torch.device("cuda"))
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"interpreter run failed:\n{proc.stdout}\n{proc.stderr}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_kernel_matches_reference(kernel_results: dict[str, str], name: str) -> None:
-    assert kernel_results[name] == "ok", kernel_results[name]
+kernel_results, test_kernel_matches_reference = case_tests(__file__, CASES)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-driver error")
@@ -233,4 +207,4 @@ def test_bad_splits_raise_value_error(monkeypatch: pytest.MonkeyPatch, splits: o
 
 
 if __name__ == "__main__":
-    print(json.dumps(_run_cases(torch.device("cpu"))))
+    print_case_results(CASES)

@@ -8,21 +8,14 @@ large-k fallback) launch no kernel.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from collections.abc import Callable
-
 import pytest
 import torch
 
 from reidscale.kernels import reference_topk as ref
 from reidscale.kernels.triton import TRITON_MAX_K, triton_available, triton_bank_topk
+from tests.kernel_cases import case_tests, collect_cases, print_case_results
 
 # ------------------------------------------------------------------------------------------ cases
-
-Case = Callable[[torch.device], None]
 
 
 def _ints(shape: tuple[int, ...], low: int, high: int, gen: torch.Generator) -> torch.Tensor:
@@ -144,37 +137,13 @@ def case_non_finite(device: torch.device) -> None:
         triton_bank_topk(big.to(device), big.to(device), 1)
 
 
-CASES: dict[str, Case] = {name[5:]: fn for name, fn in sorted(globals().items()) if name.startswith("case_")}
-
-
-def _run_cases(device: torch.device) -> dict[str, str]:
-    """Run every case; name → "ok" or the failure text."""
-    results = {}
-    for name, fn in CASES.items():
-        try:
-            fn(device)
-            results[name] = "ok"
-        except Exception as exc:  # reported per case by the parent test
-            results[name] = f"{type(exc).__name__}: {exc}"
-    return results
+CASES = collect_cases(globals())
 
 
 # ------------------------------------------------------------------------------------------ tests
 
 
-@pytest.fixture(scope="module")
-def kernel_results() -> dict[str, str]:
-    if torch.cuda.is_available():
-        return _run_cases(torch.device("cuda"))
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"interpreter run failed:\n{proc.stdout}\n{proc.stderr}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_kernel_matches_reference(kernel_results: dict[str, str], name: str) -> None:
-    assert kernel_results[name] == "ok", kernel_results[name]
+kernel_results, test_kernel_matches_reference = case_tests(__file__, CASES)
 
 
 def test_triton_available_reports_reason(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -220,4 +189,4 @@ def test_large_k_uses_reference() -> None:
 
 
 if __name__ == "__main__":
-    print(json.dumps(_run_cases(torch.device("cpu"))))
+    print_case_results(CASES)

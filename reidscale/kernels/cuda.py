@@ -139,20 +139,13 @@ def cuda_bank_topk(
         RuntimeError: the CUDA ops cannot run here (no device, or the extension is neither built nor
             JIT-buildable; the message says which).
     """
-    if not isinstance(bank, Tensor):
-        raise ValueError(
-            f"bank must be a single [N, D] tensor for the CUDA kernel, got {ref.describe_value(bank)}"
-        )
-    ref._check_banks(queries, bank)
-    ref._check_k(k)
-    cams = ref._check_pair("query_cams", query_cams, "bank_cams", bank_cams, queries, bank.shape[0])
-    ref._check_pair("query_labels", query_labels, "bank_labels", bank_labels, queries, bank.shape[0])
-    ref._check_self_index(self_index, queries, bank.shape[0])
-    penalty = ref._check_penalty(cam_penalty, cams)
+    checked = ref.check_single_bank(
+        "CUDA", queries, bank, k, query_labels, bank_labels, self_index, query_cams, bank_cams, cam_penalty
+    )
     if splits is not None and (isinstance(splits, bool) or not isinstance(splits, int) or splits < 1):
         raise ValueError(f"splits must be None or an int >= 1, got {splits!r}")
     _check_runnable(queries, bank.shape[0])
-    with_cams = penalty != 0.0  # a zero penalty changes no score: skip the camera reads
+    with_cams = checked.cams is not None  # a zero penalty changes no score: skip the camera reads
     scores, indices, nonfinite = torch.ops.reidscale.bank_topk(
         queries.detach(),
         bank.detach(),
@@ -162,7 +155,7 @@ def cuda_bank_topk(
         self_index,
         query_cams if with_cams else None,
         bank_cams if with_cams else None,
-        penalty,
+        checked.penalty,
         splits or 0,
     )
     if int(nonfinite.item()) != 0:

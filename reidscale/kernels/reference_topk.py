@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -225,6 +226,46 @@ def _max_positive_count(
 
 
 # --------------------------------------------------------------------------------------- validation
+
+
+class SingleBankArgs(NamedTuple):
+    """Checked options of a single-bank ``bank_topk`` call (int64 vectors; ``cams`` None when unused)."""
+
+    labels: tuple[Tensor, Tensor] | None
+    self_index: Tensor | None
+    cams: tuple[Tensor, Tensor] | None
+    penalty: float
+
+
+def check_single_bank(
+    kernel: str,
+    queries: object,
+    bank: object,
+    k: object,
+    query_labels: object,
+    bank_labels: object,
+    self_index: object,
+    query_cams: object,
+    bank_cams: object,
+    cam_penalty: object,
+) -> SingleBankArgs:
+    """The checks of :func:`bank_topk` for a fused kernel that takes one bank tensor (named ``kernel``).
+
+    Raises:
+        ValueError: a bank list, or any argument the reference would reject, with the same message.
+    """
+    if not isinstance(bank, Tensor):
+        raise ValueError(
+            f"bank must be a single [N, D] tensor for the {kernel} kernel, got {describe_value(bank)}"
+        )
+    _check_banks(queries, bank)
+    _check_k(k)
+    n_rows = bank.shape[0]
+    labels = _check_pair("query_labels", query_labels, "bank_labels", bank_labels, queries, n_rows)
+    cams = _check_pair("query_cams", query_cams, "bank_cams", bank_cams, queries, n_rows)
+    selves = _check_self_index(self_index, queries, n_rows)
+    penalty = _check_penalty(cam_penalty, cams)
+    return SingleBankArgs(labels, selves, cams if penalty != 0.0 else None, penalty)
 
 
 def describe_value(value: object) -> str:

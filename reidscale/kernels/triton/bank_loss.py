@@ -47,6 +47,7 @@ import triton.language as tl
 from torch import Tensor
 
 from reidscale.kernels.triton.bank_topk import triton_available
+from reidscale.kernels.triton.tiles import tile_dot
 
 __all__ = ["triton_loss_candidate_terms", "triton_loss_full_terms"]
 
@@ -61,32 +62,6 @@ BLOCK_C = 16
 
 
 # ------------------------------------------------------------------------------------- whole-bank kernel
-@triton.jit
-def _bank_tile_logits(
-    q_ptr, m_ptr, rows, cols, n_batch, n_rows, dim, sq0, sq1, sm0, sm1, BLOCK_D: tl.constexpr, NATIVE
-):
-    """[BLOCK_B, BLOCK_N] fp32 dot products of query ``rows`` with bank ``cols`` (int64 offsets)."""
-    acc = tl.zeros((rows.shape[0], cols.shape[0]), dtype=tl.float32)
-    rows64, cols64 = rows.to(tl.int64), cols.to(tl.int64)
-    for d0 in range(0, dim, BLOCK_D):
-        offs_d = d0 + tl.arange(0, BLOCK_D)
-        q = tl.load(
-            q_ptr + rows64[:, None] * sq0 + offs_d[None, :] * sq1,
-            mask=(rows[:, None] < n_batch) & (offs_d[None, :] < dim),
-            other=0.0,
-        )
-        m = tl.load(
-            m_ptr + cols64[None, :] * sm0 + offs_d[:, None] * sm1,
-            mask=(cols[None, :] < n_rows) & (offs_d[:, None] < dim),
-            other=0.0,
-        )
-        if NATIVE:
-            acc = tl.dot(q, m, acc)
-        else:
-            acc = tl.dot(q.to(tl.float32), m.to(tl.float32), acc, input_precision="ieee")
-    return acc
-
-
 @triton.jit
 def _accumulate_tile(acc_ptr, m_ptr, probs, alpha, rows, row_ok, cols, n_rows, dim, sm0, sm1, BLOCK_D):
     """acc[rows] <- alpha · acc[rows] + probs @ bank[cols], one BLOCK_D column slice at a time."""
@@ -138,9 +113,7 @@ def _full_bank_kernel(
     run_sum = tl.zeros((BLOCK_B,), tl.float32)
     for n0 in range(start, stop, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
-        logits = _bank_tile_logits(
-            q_ptr, m_ptr, rows, cols, n_batch, n_rows, dim, sq0, sq1, sm0, sm1, BLOCK_D, NATIVE
-        )
+        logits = tile_dot(q_ptr, m_ptr, rows, cols, n_batch, n_rows, dim, sq0, sq1, sm0, sm1, BLOCK_D, NATIVE)
         logits = tl.where(cols[None, :] < stop, logits / temperature, float("-inf"))
         new_max = tl.maximum(run_max, tl.max(logits, axis=1))
         alpha = tl.exp(run_max - new_max)

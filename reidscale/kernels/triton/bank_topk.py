@@ -36,6 +36,7 @@ import triton.language as tl
 from torch import Tensor
 
 from reidscale.kernels import reference_topk as ref
+from reidscale.kernels.triton.tiles import tile_dot
 
 #: largest k the fused kernel keeps on chip; larger k runs the torch reference
 TRITON_MAX_K = 128
@@ -65,43 +66,6 @@ def _pack_keys(scores, cols, keep):
     low = 4294967295 - cols.to(tl.int64)
     keys = (ordered.to(tl.int64) << 32) | low
     return tl.where(keep, keys, -9223372036854775807 - 1)
-
-
-@triton.jit
-def _tile_scores(
-    q_ptr,
-    m_ptr,
-    rows,
-    cols,
-    n_rows,
-    n_batch,
-    dim,
-    sq0,
-    sq1,
-    sm0,
-    sm1,
-    BLOCK_D: tl.constexpr,
-    NATIVE: tl.constexpr,
-):
-    """[BLOCK_B, K_PAD] fp32 scores of query ``rows`` against bank ``cols``."""
-    acc = tl.zeros((rows.shape[0], cols.shape[0]), dtype=tl.float32)
-    for d0 in range(0, dim, BLOCK_D):
-        offs_d = d0 + tl.arange(0, BLOCK_D)
-        q = tl.load(
-            q_ptr + rows[:, None].to(tl.int64) * sq0 + offs_d[None, :] * sq1,
-            mask=(rows[:, None] < n_batch) & (offs_d[None, :] < dim),
-            other=0.0,
-        )
-        m = tl.load(
-            m_ptr + cols[None, :].to(tl.int64) * sm0 + offs_d[:, None] * sm1,  # N·D may pass 2**31
-            mask=(cols[None, :] < n_rows) & (offs_d[:, None] < dim),
-            other=0.0,
-        )
-        if NATIVE:
-            acc = tl.dot(q, m, acc)
-        else:
-            acc = tl.dot(q.to(tl.float32), m.to(tl.float32), acc, input_precision="ieee")
-    return acc
 
 
 @triton.jit
@@ -158,9 +122,7 @@ def _bank_topk_kernel(
     for n0 in range(0, n_rows, K_PAD):
         cols = n0 + tl.arange(0, K_PAD)
         col_ok = cols < n_rows
-        scores = _tile_scores(
-            q_ptr, m_ptr, rows, cols, n_rows, n_batch, dim, sq0, sq1, sm0, sm1, BLOCK_D, NATIVE
-        )
+        scores = tile_dot(q_ptr, m_ptr, rows, cols, n_batch, n_rows, dim, sq0, sq1, sm0, sm1, BLOCK_D, NATIVE)
         if HAS_CAMS:
             bcam = tl.load(bcam_ptr + cols, mask=col_ok, other=0)
             scores = tl.where(qcam[:, None] == bcam[None, :], scores - penalty, scores)
@@ -215,16 +177,9 @@ def triton_bank_topk(
             or a non-finite score.
         RuntimeError: Triton cannot run here (no GPU and no TRITON_INTERPRET=1).
     """
-    if not isinstance(bank, Tensor):
-        raise ValueError(
-            f"bank must be a single [N, D] tensor for the Triton kernel, got {ref.describe_value(bank)}"
-        )
-    ref._check_banks(queries, bank)
-    ref._check_k(k)
-    labels = ref._check_pair("query_labels", query_labels, "bank_labels", bank_labels, queries, bank.shape[0])
-    cams = ref._check_pair("query_cams", query_cams, "bank_cams", bank_cams, queries, bank.shape[0])
-    selves = ref._check_self_index(self_index, queries, bank.shape[0])
-    penalty = ref._check_penalty(cam_penalty, cams)
+    checked = ref.check_single_bank(
+        "Triton", queries, bank, k, query_labels, bank_labels, self_index, query_cams, bank_cams, cam_penalty
+    )
     if k > TRITON_MAX_K:
         return ref.bank_topk(
             queries,
@@ -238,7 +193,7 @@ def triton_bank_topk(
             cam_penalty=cam_penalty,
         )
     _check_runnable(queries, bank.shape[0])
-    return _launch(queries, bank, k, labels, selves, cams if penalty != 0.0 else None, penalty)
+    return _launch(queries, bank, k, checked.labels, checked.self_index, checked.cams, checked.penalty)
 
 
 def _native_dot_dtypes() -> tuple[torch.dtype, ...]:
