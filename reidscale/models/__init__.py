@@ -1,0 +1,36 @@
+"""Backbones: ``create_backbone(name, **kwargs)`` over our ResNets (plain and IBN-a) and timm models.
+
+Importing the package registers every family (see ``list_backbones()``). The function
+``timm_backbone(model_name, ...)`` lives in ``reidscale.models.timm_backbone`` (not re-exported: it would
+shadow the module).
+"""
+
+from reidscale.models.config import ModelConfig, backbone_from_config
+from reidscale.models.pooling import POOLINGS, GeneralizedMeanPooling, GlobalPool, build_pooling
+from reidscale.models.registry import (
+    Backbone,
+    create_backbone,
+    list_backbones,
+    register_backbone,
+    register_prefix,
+)
+from reidscale.models.resnet import IBN, ResNet
+from reidscale.models.timm_backbone import TimmBackbone, register_timm_backbone
+
+__all__ = [
+    "IBN",
+    "POOLINGS",
+    "Backbone",
+    "GeneralizedMeanPooling",
+    "GlobalPool",
+    "ModelConfig",
+    "ResNet",
+    "TimmBackbone",
+    "backbone_from_config",
+    "build_pooling",
+    "create_backbone",
+    "list_backbones",
+    "register_backbone",
+    "register_prefix",
+    "register_timm_backbone",
+]

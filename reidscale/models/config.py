@@ -1,0 +1,53 @@
+"""``ModelConfig``: the ``model`` section of the config tree, and ``backbone_from_config``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from reidscale.config.fields import option
+from reidscale.models.registry import Backbone, create_backbone
+
+
+@dataclass
+class ModelConfig:
+    """Which backbone to build and how (see ``reidscale.models.list_backbones()`` for the names)."""
+
+    name: str = option(
+        "resnet50_ibn_a",
+        "backbone: resnet18/34/50/101/152[_ibn_a], vit_tiny/small/base, resnet50_timm or timm:<timm name>",
+    )
+    img_size: list[int] = option(
+        doc="input size [height, width]; ViT-style timm models are built for it", factory=lambda: [256, 128]
+    )
+    last_stride: int | None = option(
+        None, "stride of the last ResNet stage: 1 (ReID, 16×8 map at 256×128) or 2; null = family default (1)"
+    )
+    pooling: Literal["avg", "max", "gem", "token"] | None = option(
+        None, "global pooling: avg, max or gem (ResNets); token/avg/max (timm models); null = family default"
+    )
+    gem_p: float = option(3.0, "initial (learnable) GeM exponent, used when pooling is gem")
+    drop_path_rate: float = option(0.0, "stochastic depth rate of timm models (0 = off; ResNets take none)")
+
+
+def backbone_kwargs(config: ModelConfig) -> dict[str, Any]:
+    """The ``create_backbone`` keyword arguments ``config`` asks for (unset options are left out)."""
+    kwargs: dict[str, Any] = {"img_size": tuple(config.img_size)}
+    if config.last_stride is not None:
+        kwargs["last_stride"] = config.last_stride
+    if config.pooling is not None:
+        kwargs["pooling"] = config.pooling
+    if config.pooling == "gem":
+        kwargs["gem_p"] = config.gem_p
+    if config.drop_path_rate:
+        if not 0.0 <= config.drop_path_rate < 1.0:
+            raise ValueError(f"model.drop_path_rate must lie in [0, 1), got {config.drop_path_rate}")
+        kwargs["drop_path_rate"] = config.drop_path_rate
+    return kwargs
+
+
+def backbone_from_config(config: ModelConfig) -> Backbone:
+    """Build the backbone ``config`` describes (ValueError naming the option on a bad value)."""
+    if len(config.img_size) != 2:
+        raise ValueError(f"model.img_size must be [height, width], got {config.img_size!r}")
+    return create_backbone(config.name, **backbone_kwargs(config))

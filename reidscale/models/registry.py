@@ -1,0 +1,103 @@
+"""The backbone registry: ``create_backbone(name, **kwargs)`` and the ``Backbone`` contract.
+
+A backbone maps images [B, 3, H, W] to pooled features [B, C] (``forward``) and to the un-pooled output of
+its last stage (``forward_features``: a map [B, C, h, w] for convolutional nets, tokens [B, T, C] for
+vision transformers). It carries ``feature_dim`` (= C of the pooled feature) and ``img_size`` (the
+(height, width) it is meant to see, used by export and benchmarks). No classifier: heads belong to the
+objectives.
+
+A family registers a factory once; further members are one-liners::
+
+    register_backbone("resnet50_ibn_a")(partial(build_resnet, "resnet50", ibn=True))
+    register_timm_backbone("convnext_tiny", "convnext_tiny")    # timm_backbone.py
+
+Names of the form ``prefix:rest`` go to a prefix resolver (``timm:<any timm model name>``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import TypeVar
+
+from torch import Tensor, nn
+
+
+class Backbone(nn.Module):
+    """Base class of every backbone (see the module docstring). Subclasses set ``feature_dim`` and
+    ``img_size`` and implement ``forward_features`` and ``pool_features``."""
+
+    feature_dim: int
+    img_size: tuple[int, int]
+
+    def forward_features(self, images: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """[B, 3, H, W] → un-pooled [B, C, h, w] (or tokens [B, T, C])."""
+        raise NotImplementedError(f"{type(self).__name__} must implement forward_features")
+
+    def pool_features(self, features: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """Output of ``forward_features`` → pooled [B, C]."""
+        raise NotImplementedError(f"{type(self).__name__} must implement pool_features")
+
+    def forward(self, images: Tensor) -> Tensor:
+        """[B, 3, H, W] → pooled features [B, feature_dim]."""
+        return self.pool_features(self.forward_features(images))
+
+
+BackboneFactory = Callable[..., Backbone]
+F = TypeVar("F", bound=BackboneFactory)
+
+_FACTORIES: dict[str, BackboneFactory] = {}
+_PREFIX_RESOLVERS: dict[str, Callable[[str], BackboneFactory]] = {}
+
+
+def register_backbone(name: str) -> Callable[[F], F]:
+    """Decorator registering ``factory(**kwargs) -> Backbone`` under ``name``; duplicates are refused."""
+    if not name or ":" in name:
+        raise ValueError(f"backbone name must be a non-empty string without ':', got {name!r}")
+
+    def decorate(factory: F) -> F:
+        if name in _FACTORIES:
+            raise ValueError(f"backbone {name!r} is already registered")
+        _FACTORIES[name] = factory
+        return factory
+
+    return decorate
+
+
+def register_prefix(prefix: str, resolver: Callable[[str], BackboneFactory]) -> None:
+    """Route names ``"<prefix>:<rest>"`` to ``resolver(rest)``, which returns the factory to call."""
+    if prefix in _PREFIX_RESOLVERS:
+        raise ValueError(f"backbone prefix {prefix!r} is already registered")
+    _PREFIX_RESOLVERS[prefix] = resolver
+
+
+def list_backbones() -> list[str]:
+    """Registered backbone names, sorted (prefix forms such as ``timm:<name>`` are listed as ``timm:*``)."""
+    return sorted(_FACTORIES) + sorted(f"{prefix}:*" for prefix in _PREFIX_RESOLVERS)
+
+
+def _resolve(name: str) -> BackboneFactory:
+    if not isinstance(name, str):
+        raise ValueError(f"backbone name must be a string, got {type(name).__name__}")
+    if name in _FACTORIES:
+        return _FACTORIES[name]
+    prefix, sep, rest = name.partition(":")
+    if sep and prefix in _PREFIX_RESOLVERS and rest:
+        return _PREFIX_RESOLVERS[prefix](rest)
+    raise ValueError(f"unknown backbone name {name!r}; known names: {', '.join(list_backbones())}")
+
+
+def create_backbone(name: str, **kwargs: object) -> Backbone:
+    """Build the backbone registered as ``name`` with the factory's keyword arguments.
+
+    ValueError for an unknown name (listing the known ones) or for keyword arguments the factory does not
+    take (listing those it does).
+    """
+    factory = _resolve(name)
+    signature = inspect.signature(factory)
+    try:
+        signature.bind(**kwargs)
+    except TypeError as err:
+        accepted = ", ".join(p for p in signature.parameters if p != "kwargs") or "none"
+        raise ValueError(f"backbone {name!r}: {err}; accepted keyword arguments: {accepted}") from None
+    return factory(**kwargs)
