@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from reidscale.config.fields import option
+from reidscale.models.config import ModelConfig
+from reidscale.objectives.finetune import FinetuneConfig
 
 
 @dataclass
@@ -90,3 +92,9 @@ class Config:
     run: RunConfig = option(doc="run identity and output location", factory=RunConfig)
     tracking: TrackingConfig = option(doc="experiment trackers", factory=TrackingConfig)
     eval: EvalConfig = option(doc="evaluation", factory=EvalConfig)
+    model: ModelConfig = option(
+        doc="backbone to build (reidscale.models.list_backbones() names them)", factory=ModelConfig
+    )
+    finetune: FinetuneConfig = option(
+        doc="supervised BoT-style fine-tuning (reidscale finetune)", factory=FinetuneConfig
+    )
