@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from reidscale.config import Config, ConfigError, config_to_dict, describe, load_config, write_run_record
+from reidscale.config import Config, ConfigError, describe, load_config, write_run_record
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +59,7 @@ def cmd_evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
         save_rank_lists,
     )
     from reidscale.evaluation.features import load_feature_file
-    from reidscale.tracking import WandbOptions, build_tracker
+    from reidscale.tracking.from_config import tracker_from_config
     from reidscale.utils.io import atomic_write_json
 
     if args.rerank:
@@ -71,23 +71,8 @@ def cmd_evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
     output = Path(args.output)
     stem = output.with_suffix("")
     write_run_record(stem, config)
-    wandb = config.tracking.wandb
-    tracker = build_tracker(
-        config.tracking.backends,
-        run_dir=output.parent,
-        run_name=config.run.name,
-        config={**config_to_dict(config), "features": str(args.features)},
-        wandb_options=WandbOptions(
-            project=wandb.project,
-            entity=wandb.entity,
-            name=wandb.name or config.run.name,
-            tags=list(wandb.tags),
-            mode=wandb.mode,
-            group=wandb.group,
-            dir=str(output.parent),
-        ),
-        jsonl_path=config.tracking.jsonl_path or output.parent / f"{stem.name}.metrics.jsonl",
-        show_progress=config.tracking.progress,
+    tracker = tracker_from_config(
+        config, output.parent, output.parent / f"{stem.name}.metrics.jsonl", {"features": str(args.features)}
     )
     with tracker:
         metrics = evaluate_feature_set(features, config.eval, progress=tracker.progress)
