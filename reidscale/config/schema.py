@@ -8,9 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from reidscale.config.fields import option
+from reidscale.engine.config import TrainConfig
 from reidscale.models.config import ModelConfig
 from reidscale.objectives.finetune import FinetuneConfig
+from reidscale.utils.options import option
 
 
 @dataclass
@@ -92,6 +93,9 @@ class Config:
     run: RunConfig = option(doc="run identity and output location", factory=RunConfig)
     tracking: TrackingConfig = option(doc="experiment trackers", factory=TrackingConfig)
     eval: EvalConfig = option(doc="evaluation", factory=EvalConfig)
+    train: TrainConfig = option(
+        doc="training engine (DeepSpeed ZeRO, optimizer, schedules, checkpoints)", factory=TrainConfig
+    )
     model: ModelConfig = option(
         doc="backbone to build (reidscale.models.list_backbones() names them)", factory=ModelConfig
     )

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from reidscale.config.fields import option
 from reidscale.models.registry import Backbone, create_backbone
+from reidscale.utils.options import option
 
 
 @dataclass

@@ -16,12 +16,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from reidscale.config.fields import option
 from reidscale.data.reid_images import ReidImageDataset, build_train_transform, load_split, pk_batch_sampler
 from reidscale.data.sampler import IdentitySampler
 from reidscale.evaluation.datasets import DATASET_NAMES
 from reidscale.objectives.base import Objective, StepOutput
 from reidscale.objectives.losses import TRIPLET_MODES, batch_hard_triplet, cross_entropy_label_smooth
+from reidscale.utils.options import option
 
 
 @dataclass

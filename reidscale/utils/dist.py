@@ -32,3 +32,8 @@ def get_world_size() -> int:
     if torch_dist.is_available() and torch_dist.is_initialized():
         return torch_dist.get_world_size()
     return _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
+
+
+def get_local_rank() -> int:
+    """Rank within the node: LOCAL_RANK (deepspeed, torchrun, accelerate) / SLURM_LOCALID, else 0."""
+    return _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
