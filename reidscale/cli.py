@@ -130,6 +130,78 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
+    from reidscale.jobs.finetune import run_finetune
+    from reidscale.utils.dist import get_rank
+
+    config = load_config(Config, args.config, overrides)
+    summary = run_finetune(config)
+    if get_rank() == 0:
+        print(f"fine-tuned {config.model.name} for {summary.steps} steps on {config.finetune.dataset}")
+        print(format_metric_rows({"before": summary.before, "after": summary.after}))
+        print(f"weights: {summary.weights}\nfeatures: {summary.features}\nresults: {summary.results}")
+    return 0
+
+
+def _load_backbone(config: Config, weights: Path):
+    """``config.model``'s backbone loaded with the state_dict in ``weights`` (from finetune or export)."""
+    import torch
+
+    from reidscale.models.config import backbone_from_config
+
+    model = backbone_from_config(config.model)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{weights}: not a state_dict of model {config.model.name!r}: {err}") from err
+    return model
+
+
+def cmd_extract(args: argparse.Namespace, overrides: list[str]) -> int:
+    from reidscale.evaluation.extract import extract_to_file
+
+    config = load_config(Config, args.config, overrides)
+    model = _load_backbone(config, args.weights)
+    cfg = config.finetune
+    path = extract_to_file(
+        model,
+        cfg.dataset,
+        cfg.dataset_root,
+        args.output,
+        args.batch_size,
+        args.device,
+        height=cfg.image_height,
+        width=cfg.image_width,
+        flip=cfg.flip_test,
+    )
+    print(f"features of {cfg.dataset} ({cfg.dataset_root}) written to {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
+    import dataclasses
+
+    from reidscale.export import export_backbone
+
+    config = load_config(Config, args.config, overrides)
+    model = _load_backbone(config, args.weights)
+    img_size = (config.finetune.image_height, config.finetune.image_width)
+    report = export_backbone(model, args.out, img_size=img_size, **dataclasses.asdict(config.export))
+    print(json.dumps({key: str(value) for key, value in report.items()}, indent=2))
+    return 0
+
+
+def format_metric_rows(rows: dict[str, dict[str, float]]) -> str:
+    """A markdown table: one row per name, columns mAP R1 R5 R10 mINP in percent."""
+    columns = ("mAP", "R1", "R5", "R10", "mINP")
+    lines = ["|        | " + " | ".join(f"{c:>6}" for c in columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for name, metrics in rows.items():
+        cells = " | ".join(f"{100 * metrics.get(c, float('nan')):6.2f}" for c in columns)
+        lines.append(f"| {name:<6} | {cells} |")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reidscale", description="Large-scale person ReID pre-training.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
@@ -168,6 +240,24 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--codec", default="h264", choices=("h264", "vp9", "mjpeg"), help="video codec")
     synth.add_argument("--workers", type=int, default=1, help="processes rendering videos in parallel")
     synth.add_argument("--overwrite", action="store_true", help="replace an earlier corpus in --out")
+    finetune = sub.add_parser(
+        "finetune", help="BoT-style supervised fine-tuning on a Market-format dataset (DeepSpeed engine)"
+    )
+    _add_config_args(finetune)
+    extract = sub.add_parser(
+        "extract", help="query/gallery features of finetune.dataset with trained weights"
+    )
+    _add_config_args(extract)
+    extract.add_argument("--weights", required=True, type=Path, help="backbone state_dict (backbone.pt)")
+    extract.add_argument("--output", required=True, type=Path, help="features file to write (.pt or .npz)")
+    extract.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    extract.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    export = sub.add_parser("export", help="plain backbone state_dict + ONNX (checked with onnxruntime)")
+    _add_config_args(export)
+    export.add_argument("--weights", required=True, type=Path, help="backbone state_dict (backbone.pt)")
+    export.add_argument("--out", required=True, type=Path, help="output folder")
+    for launched in (finetune, extract, export):  # the deepspeed launcher appends --local_rank=N
+        launched.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -186,6 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if overrides:
                 parser.error(f"synth takes no config overrides, got {' '.join(overrides)}")
             return cmd_synth(args)
+        handlers = {"finetune": cmd_finetune, "extract": cmd_extract, "export": cmd_export}
+        if args.command in handlers:
+            return handlers[args.command](args, overrides)
         return cmd_evaluate(args, overrides)
     except (ConfigError, ValueError, OSError) as err:
         print(f"reidscale {args.command}: error: {err}", file=sys.stderr)

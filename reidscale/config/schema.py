@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from reidscale.engine.config import TrainConfig
+from reidscale.export import ExportConfig
 from reidscale.models.config import ModelConfig
 from reidscale.objectives.finetune import FinetuneConfig
 from reidscale.utils.options import option
@@ -99,6 +100,7 @@ class Config:
     model: ModelConfig = option(
         doc="backbone to build (reidscale.models.list_backbones() names them)", factory=ModelConfig
     )
+    export: ExportConfig = option(doc="reidscale export (state_dict + checked ONNX)", factory=ExportConfig)
     finetune: FinetuneConfig = option(
         doc="supervised BoT-style fine-tuning (reidscale finetune)", factory=FinetuneConfig
     )

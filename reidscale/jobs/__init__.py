@@ -1,0 +1,1 @@
+"""Whole jobs behind the CLI commands (fine-tuning, ...), runnable from Python too."""
