@@ -266,7 +266,10 @@ def test_train_config_loads_through_the_config_loader() -> None:
     from reidscale.config import build_config, describe
 
     rows = describe(TrainConfig)
-    assert all(doc for _, _, doc in rows) and ("optimizer.betas", "list of float", "AdamW betas (two values)") in rows
+    assert (
+        all(doc for _, _, doc in rows)
+        and ("optimizer.betas", "list of float", "AdamW betas (two values)") in rows
+    )
     config = build_config(
         TrainConfig,
         {"zero_stage": 2, "max_steps": 9, "optimizer": {"betas": [0.8, 0.9]}, "clip": {"mode": "per_param"}},
