@@ -15,6 +15,7 @@ from reidscale.engine.config import CheckpointConfig, ClipConfig, OptimizerConfi
 from reidscale.engine.trainer import Trainer
 from reidscale.objectives.base import Objective, StepOutput
 from reidscale.tracking import JsonlTracker, read_jsonl_history
+from reidscale.tracking.base import NullTracker
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +128,24 @@ def test_epochs_tracking_and_eval(single_rank: None, tmp_path) -> None:
 def test_trainer_rejects_non_objective(single_rank: None, tmp_path) -> None:
     with pytest.raises(ValueError, match="objective must be a reidscale Objective"):
         Trainer(nn.Linear(2, 2), _config(tmp_path, "none"), tmp_path)  # type: ignore[arg-type]
+
+
+class _CountingTracker(NullTracker):
+    """Records how far each progress display was advanced (what a console bar would show)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bars: list[tuple[int | None, str, list[int]]] = []
+
+    def progress(self, iterable, total=None, desc=""):
+        shown: list[int] = []
+        self.bars.append((total, desc, shown))
+        for item in iterable:
+            yield item
+            shown.append(item)  # counted when the next item is asked for, as tqdm does
+
+
+def test_progress_display_advances_once_per_step(single_rank: None, tmp_path) -> None:
+    tracker = _CountingTracker()
+    Trainer(LinearLoss(), _config(tmp_path, "none", max_steps=3), tmp_path, tracker=tracker).run([BATCH] * 3)
+    assert tracker.bars == [(3, "train steps", [0, 1, 2])]  # each of the 3 steps counted once

@@ -150,10 +150,13 @@ def parse_launcher_command(tokens: list[str]) -> object:
 
 def test_readme_commands_parse_with_their_launchers_and_run_reidscale_or_check_world() -> None:
     commands = readme_commands()
-    assert {tokens[0] for tokens in commands} == {"torchrun", "deepspeed", "accelerate", "sbatch"}
+    assert {tokens[0] for tokens in commands} == {"torchrun", "deepspeed", "accelerate", "sbatch", "python"}
     for tokens in commands:
-        parsed = parse_launcher_command(tokens)
         line = shlex.join(tokens)
+        if tokens[0] == "python":  # the DeepSpeed JSON renderer, not a launcher
+            assert tokens[1] == "launch/render_deepspeed_configs.py", line
+            continue
+        parsed = parse_launcher_command(tokens)
         if tokens[0] == "sbatch":
             assert tokens[1] == "launch/slurm_multinode.sbatch", line
             continue
@@ -172,8 +175,9 @@ def test_every_launch_path_in_the_readme_exists_and_every_example_is_used() -> N
     named = {tok for tokens in readme_commands() for tok in tokens if tok.startswith("launch/")}
     missing = sorted(p for p in named if not (REPO / p).is_file())
     assert not missing, f"README commands name files that do not exist: {missing}"
+    rendered = {f"launch/ds_zero{stage}.json" for stage in range(4)}  # the renderer's output, tested below
     examples = {f"launch/{p.name}" for p in LAUNCH.iterdir() if p.is_file() and p.name != "README.md"}
-    assert examples - named == set(), "example files no README command uses"
+    assert examples - named - rendered == set(), "example files no README command uses"
 
 
 def test_readme_documents_the_smoke_commands_tested_here() -> None:
@@ -279,3 +283,18 @@ def test_sbatch_two_tasks_reach_reidscale_through_slurm_variables(tmp_path: Path
     env = fake_slurm_env(tmp_path, run_tasks=True, MASTER_PORT=str(free_port()))
     result = run(["bash", str(SBATCH), "launch/check_world.py"], env)
     assert_two_ranks(result)  # RANK / WORLD_SIZE unset: ranks came from SLURM_PROCID / SLURM_NTASKS
+
+
+def test_rendered_deepspeed_examples_are_current(tmp_path: Path) -> None:
+    import json
+
+    sys.path.insert(0, str(LAUNCH))
+    try:
+        from render_deepspeed_configs import render
+    finally:
+        sys.path.remove(str(LAUNCH))
+    fresh = render(LAUNCH.parent / "configs" / "finetune.yaml", 16, tmp_path)
+    for path in fresh:
+        committed = json.loads((LAUNCH / path.name).read_text())
+        assert committed == json.loads(path.read_text()), f"launch/{path.name} is stale: rerun the script"
+        assert committed["train_batch_size"] == 64 and committed["train_micro_batch_size_per_gpu"] == 4

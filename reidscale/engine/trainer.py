@@ -150,6 +150,7 @@ class Trainer:
         seed_everything(config.seed + self.rank)
         self.timer = StepTimer(self.device)
         self._last_eval = -1
+        self._progress: Iterator[int] = iter(())
 
     # ----------------------------------------------------------------------------------------- run
     def total_steps(self, loader: Iterable[Any]) -> int:
@@ -185,6 +186,7 @@ class Trainer:
         result = TrainResult(steps_done=where.step)
         if self.rank == 0:
             self.tracker.log_config({"train": plain_dict(self.config)})
+        self._progress = self._step_progress(where.step, stop_at)
         with PreemptionFlag() as preemption:
             while where.step < stop_at:
                 iterator = iterate_from(loader, where.epoch, where.position, saved_sampler)
@@ -196,13 +198,32 @@ class Trainer:
                     iterator, loader, where, (stop_at, total), result, preemption
                 )
                 if result.preempted:
+                    self._close_progress()
                     return result
                 if finished_epoch:
                     where.epoch, where.position = where.epoch + 1, 0
+        self._close_progress()
         if where.step == total:
             self._maybe_eval(where.step, force=True)
         result.last_checkpoint = self._save(where, loader)
         return result
+
+    def _step_progress(self, first: int, stop_at: int) -> Iterator[int]:
+        """The tracker's progress display over the steps first..stop_at (a console bar on rank 0).
+
+        A display counts an element when the next one is requested, so the iterator is primed here and
+        advanced once per optimizer step (``_step``): the last step's advance ends it. A run that stops
+        early (preemption) closes it where it is (``_close_progress``).
+        """
+        steps = self.tracker.progress(range(first, stop_at), total=stop_at - first, desc="train steps")
+        progress = iter(steps)
+        next(progress, None)
+        return progress
+
+    def _close_progress(self) -> None:
+        close = getattr(self._progress, "close", None)
+        if close is not None:
+            close()
 
     def _run_epoch(
         self,
@@ -259,6 +280,7 @@ class Trainer:
         result.losses.append(loss)
         where.step += 1
         result.steps_done = where.step
+        next(self._progress, None)
         if where.step % self.config.log_every == 0 or where.step == total:
             self._log(where.step, loss, parts, values)
         return True
