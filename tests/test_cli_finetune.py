@@ -44,6 +44,11 @@ train: {{zero_stage: {zero_stage}, max_steps: 30, log_every: 10, optimizer: {{lr
     return path
 
 
+def _cli(*args: str) -> list[str]:
+    """The command line of ``python -m reidscale ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "reidscale", *args]
+
+
 def _run(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -53,7 +58,7 @@ def _run(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
 
 def test_finetune_extract_evaluate_export(tmp_path: Path, market: Path) -> None:
     config = _config(tmp_path, market, "single")
-    out = _run([sys.executable, "-m", "reidscale", "finetune", "--config", str(config)]).stdout
+    out = _run(_cli("finetune", "--config", str(config))).stdout
     assert "fine-tuned resnet18 for 30 steps" in out
     run_dir = tmp_path / "runs" / "single"
     results = json.loads((run_dir / "results.json").read_text())
@@ -65,53 +70,18 @@ def test_finetune_extract_evaluate_export(tmp_path: Path, market: Path) -> None:
 
     features = tmp_path / "extracted.pt"
     weights = run_dir / "backbone.pt"
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "reidscale",
-            "extract",
-            "--config",
-            str(config),
-            "--weights",
-            str(weights),
-            "--output",
-            str(features),
-        ]
-    )
+    _run(_cli("extract", "--config", str(config), "--weights", str(weights), "--output", str(features)))
     written = torch.load(run_dir / "features.pt", weights_only=False)
     extracted = torch.load(features, weights_only=False)
     torch.testing.assert_close(extracted["query_feats"], written["query_feats"], rtol=1e-4, atol=1e-5)
     evaluated = tmp_path / "evaluated.json"
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "reidscale",
-            "evaluate",
-            "--features",
-            str(features),
-            "--output",
-            str(evaluated),
-        ]
-    )
+    _run(_cli("evaluate", "--features", str(features), "--output", str(evaluated)))
     assert json.loads(evaluated.read_text())["mAP"] == pytest.approx(results["after"]["mAP"], abs=1e-4)
 
     exported = tmp_path / "export"
     report = json.loads(
         _run(
-            [
-                sys.executable,
-                "-m",
-                "reidscale",
-                "export",
-                "--config",
-                str(config),
-                "--weights",
-                str(weights),
-                "--out",
-                str(exported),
-            ]
+            _cli("export", "--config", str(config), "--weights", str(weights), "--out", str(exported))
         ).stdout
     )
     assert (exported / "backbone.onnx").is_file() and float(report["max_abs_diff"]) < 1e-3
@@ -122,18 +92,9 @@ def test_extract_rejects_weights_of_another_model(tmp_path: Path, market: Path) 
     weights = tmp_path / "other.pt"
     torch.save({"conv.weight": torch.zeros(1)}, weights)
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "reidscale",
-            "extract",
-            "--config",
-            str(config),
-            "--weights",
-            str(weights),
-            "--output",
-            str(tmp_path / "f.pt"),
-        ],
+        _cli(
+            "extract", "--config", str(config), "--weights", str(weights), "--output", str(tmp_path / "f.pt")
+        ),
         cwd=ROOT,
         capture_output=True,
         text=True,
