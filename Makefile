@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: test lint format info bench-eval bench-data venv clean
+.PHONY: test lint format info bench-eval bench-data bench-train venv clean
 
 venv: $(STAMP)
 
@@ -49,6 +49,9 @@ bench-eval: $(STAMP)
 
 bench-data: $(STAMP)
 	$(PY) benchmarks/bench_data.py
+
+bench-train: $(STAMP)
+	$(PY) benchmarks/bench_train.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
