@@ -10,7 +10,6 @@ import copy
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch import Tensor, nn
 
 from reidscale.engine.ema import ema_update_
 from reidscale.objectives.base import Objective, StepOutput
+from tests.ports import free_port
 
 IN_DIM, HIDDEN, OUT_DIM = 6, 8, 3
 
@@ -37,7 +37,7 @@ def launch(
     if launcher == "torchrun":
         command = [str(bin_dir / "torchrun"), "--standalone", "--nproc_per_node", "2"]
     elif launcher == "deepspeed":
-        command = [str(bin_dir / "deepspeed"), "--num_gpus", "2", "--master_port", str(_free_port())]
+        command = [str(bin_dir / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port())]
     else:
         raise ValueError(f"launcher must be torchrun or deepspeed, got {launcher!r}")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -50,12 +50,6 @@ def launch(
         text=True,
         timeout=timeout,
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ToyObjective(Objective):

@@ -8,7 +8,6 @@ import math
 import os
 import random
 import signal
-import socket
 
 import numpy as np
 import pytest
@@ -31,6 +30,7 @@ from reidscale.engine.guards import check_finite
 from reidscale.engine.param_groups import apply_schedule, build_optimizer, build_param_groups
 from reidscale.engine.preemption import PreemptionFlag
 from reidscale.engine.schedules import linear_warmup, schedule_values, warmup_cosine
+from tests.ports import free_port
 
 
 def test_warmup_cosine_hand_values() -> None:
@@ -249,17 +249,11 @@ def test_setup_adopts_srun_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLURM_PROCID", "0")
     monkeypatch.setenv("SLURM_NTASKS", "1")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
     with distributed() as info:  # a single task: a group of one, destroyed on the way out
         assert (info.rank, info.world_size, info.backend) == (0, 1, "gloo")
         assert torch_dist.is_initialized()
     assert not torch_dist.is_initialized()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_train_config_loads_through_the_config_loader() -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.engine_toy import _free_port
+from tests.ports import free_port
 from tests.world_invariance import STAGES
 
 pytestmark = pytest.mark.multiproc
@@ -39,7 +39,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--num_gpus",
             "2",
             "--master_port",
-            str(_free_port()),
+            str(free_port()),
             str(SCRIPT),
             str(out),
         ],

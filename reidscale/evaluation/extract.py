@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -107,25 +108,16 @@ def extract_to_file(
     output: str | os.PathLike,
     batch_size: int,
     device: str | torch.device,
-    *,
-    height: int = 256,
-    width: int = 128,
-    flip: bool = False,
-    num_workers: int = 0,
+    **options: Any,
 ) -> Path:
     """Read benchmark ``dataset_name`` at ``dataset_root``, extract its query/gallery features and write them
-    atomically to ``output`` (.pt or .npz), the file ``reidscale evaluate --features`` reads."""
+    atomically to ``output`` (.pt or .npz), the file ``reidscale evaluate --features`` reads.
+
+    ``options``: the keyword options of :func:`extract_features` (height, width, flip, num_workers)."""
     suffix = Path(output).suffix
     if suffix not in (".pt", ".pth", ".npz"):
         raise ValueError(f"output must end in .pt, .pth or .npz (a features file), got {os.fspath(output)!r}")
     features = extract_features(
-        model,
-        load_dataset(dataset_name, dataset_root),
-        batch_size,
-        device,
-        height=height,
-        width=width,
-        flip=flip,
-        num_workers=num_workers,
+        model, load_dataset(dataset_name, dataset_root), batch_size, device, **options
     )
     return save_feature_file(output, features)
