@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: test lint format info bench-eval bench-data bench-train venv clean
+.PHONY: demo test lint format info bench-eval bench-data bench-train bench-scl venv clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,11 @@ $(STAMP): requirements-dev.txt pyproject.toml setup.py $(CSRC_SOURCES)
 	$(PY) -m pip install --quiet -r requirements-dev.txt $(TORCH_PIN)
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
+
+# The main job on generated data: builds data/synth_demo, pre-trains with 2 DeepSpeed ranks (CPU) or the GPU(s),
+# prints mAP/R1/mINP before and after training; outputs in outputs/demo/.
+demo: $(STAMP)
+	$(VENV)/bin/reidscale demo
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -52,6 +57,9 @@ bench-data: $(STAMP)
 
 bench-train: $(STAMP)
 	$(PY) benchmarks/bench_train.py
+
+bench-scl: $(STAMP)
+	$(PY) benchmarks/bench_scl.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -143,6 +143,31 @@ def cmd_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace, overrides: list[str]) -> int:
+    from reidscale.jobs.pretrain import run_pretrain
+    from reidscale.utils.dist import get_rank
+
+    config = load_config(Config, args.config, overrides)
+    summary = run_pretrain(config)
+    if get_rank() == 0:
+        print(f"pre-trained {config.model.name} ({config.pretrain.method}) for {summary.steps} steps")
+        if summary.before or summary.after:
+            term = "off" if config.eval.camera_penalty == 0 else f"on ({config.eval.camera_penalty})"
+            where = f"{config.pretrain.eval_dataset} at {config.pretrain.eval_root}"
+            print(f"{where} (test-time camera term {term}):")
+            print(format_metric_rows({"before": summary.before, "after": summary.after}))
+        for name, path in summary.paths.items():
+            print(f"{name}: {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> int:
+    from reidscale.jobs.demo import run_demo
+
+    run_demo(args.out, args.data, overrides)
+    return 0
+
+
 def _load_backbone(config: Config, weights: Path):
     """``config.model``'s backbone loaded with the state_dict in ``weights`` (from finetune or export)."""
     import torch
@@ -240,6 +265,15 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--codec", default="h264", choices=("h264", "vp9", "mjpeg"), help="video codec")
     synth.add_argument("--workers", type=int, default=1, help="processes rendering videos in parallel")
     synth.add_argument("--overwrite", action="store_true", help="replace an earlier corpus in --out")
+    demo = sub.add_parser(
+        "demo", help="the README's demo: synthetic corpus, 2-rank selective contrastive pre-training, mAP"
+    )
+    demo.add_argument("--out", type=Path, default=Path("outputs/demo"), help="run folder (results.json)")
+    demo.add_argument("--data", type=Path, default=Path("data/synth_demo"), help="synthetic corpus folder")
+    pretrain = sub.add_parser(
+        "pretrain", help="unsupervised pre-training (selective contrastive learning) on videos or crops"
+    )
+    _add_config_args(pretrain)
     finetune = sub.add_parser(
         "finetune", help="BoT-style supervised fine-tuning on a Market-format dataset (DeepSpeed engine)"
     )
@@ -256,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(export)
     export.add_argument("--weights", required=True, type=Path, help="backbone state_dict (backbone.pt)")
     export.add_argument("--out", required=True, type=Path, help="output folder")
-    for launched in (finetune, extract, export):  # the deepspeed launcher appends --local_rank=N
+    for launched in (pretrain, finetune, extract, export):  # the deepspeed launcher appends --local_rank=N
         launched.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -276,7 +310,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if overrides:
                 parser.error(f"synth takes no config overrides, got {' '.join(overrides)}")
             return cmd_synth(args)
-        handlers = {"finetune": cmd_finetune, "extract": cmd_extract, "export": cmd_export}
+        handlers = {
+            "demo": cmd_demo,
+            "pretrain": cmd_pretrain,
+            "finetune": cmd_finetune,
+            "extract": cmd_extract,
+            "export": cmd_export,
+        }
         if args.command in handlers:
             return handlers[args.command](args, overrides)
         return cmd_evaluate(args, overrides)

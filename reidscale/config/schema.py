@@ -8,10 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from reidscale.data.pretrain_set import PretrainDataConfig
 from reidscale.engine.config import TrainConfig
 from reidscale.export import ExportConfig
+from reidscale.jobs.pretrain_config import PretrainConfig
 from reidscale.models.config import ModelConfig
 from reidscale.objectives.finetune import FinetuneConfig
+from reidscale.objectives.selective.config import SelectiveConfig
 from reidscale.utils.options import option
 
 
@@ -82,6 +85,11 @@ class EvalConfig:
         "auto", "device for distance computation: auto (cuda when available), cpu, cuda, cuda:N"
     )
     rerank: RerankConfig = option(doc="k-reciprocal re-ranking", factory=RerankConfig)
+    camera_penalty: float = option(
+        0.0,
+        "test-time camera term: added to the distance of same-camera query-gallery pairs (after any "
+        "re-ranking); 0 = off, the standard protocol. Results record the value used",
+    )
     num_visualize: int = option(
         0, "queries drawn in the rank-list PNG (needs image paths in the features file)"
     )
@@ -103,4 +111,16 @@ class Config:
     export: ExportConfig = option(doc="reidscale export (state_dict + checked ONNX)", factory=ExportConfig)
     finetune: FinetuneConfig = option(
         doc="supervised BoT-style fine-tuning (reidscale finetune)", factory=FinetuneConfig
+    )
+    pretrain: PretrainConfig = option(
+        doc="unsupervised pre-training: method, batch, periodic evaluation (reidscale pretrain)",
+        factory=PretrainConfig,
+    )
+    pretrain_data: PretrainDataConfig = option(
+        doc="pre-training images: manifest, frame subsampling, crop cache, decoding",
+        factory=PretrainDataConfig,
+    )
+    scl: SelectiveConfig = option(
+        doc="selective contrastive learning: heads, memory banks, selection, loss (METHODS.md §3)",
+        factory=SelectiveConfig,
     )

@@ -357,10 +357,11 @@ class Trainer:
 
     def _save(self, where: _Position, loader: Iterable[Any]) -> Path:
         """Checkpoint; the objective's extra state rides in client_state when every rank holds the same,
-        else in each rank's own file."""
+        else (or when the objective declares it per rank, e.g. bank shards) in each rank's own file."""
         client_state = self._client_state(where, loader)
         extra = self.objective.extra_state()
-        shared = same_on_all_ranks(extra, self.world_size)
+        per_rank = self.objective.extra_state_per_rank and self.world_size > 1
+        shared = not per_rank and same_on_all_ranks(extra, self.world_size)
         client_state["objective"] = extra if shared else None
         return save_checkpoint(
             self.engine,
@@ -371,16 +372,25 @@ class Trainer:
             rank_state=None if shared else {"objective": extra},
         )
 
-    def _resume(self) -> tuple[_Position, dict[str, Any] | None, dict[str, Any] | None]:
-        """Load the checkpoint named by ``checkpoint.resume``; returns (position, rng, sampler state)."""
+    def checkpoint_to_resume(self) -> Path | None:
+        """The checkpoint folder ``run`` will resume from (``checkpoint.resume``), or None for a fresh start.
+
+        Raises:
+            ValueError: ``checkpoint.resume`` names a path that holds no checkpoint.
+        """
         resume = self.config.checkpoint.resume
         if resume is None:
-            return _Position(), None, None
+            return None
         folder = resolve_checkpoint(self.checkpoint_dir if resume == "auto" else resume)
-        if folder is None:
-            if resume == "auto":
-                return _Position(), None, None
+        if folder is None and resume != "auto":
             raise ValueError(f"train.checkpoint.resume={resume!r} holds no checkpoint")
+        return folder
+
+    def _resume(self) -> tuple[_Position, dict[str, Any] | None, dict[str, Any] | None]:
+        """Load the checkpoint named by ``checkpoint.resume``; returns (position, rng, sampler state)."""
+        folder = self.checkpoint_to_resume()
+        if folder is None:
+            return _Position(), None, None
         state, rng, own = load_checkpoint(self.engine, folder)
         extra = state.get("objective")
         if extra is None:

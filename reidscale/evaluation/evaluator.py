@@ -38,7 +38,24 @@ def _prepared_feats(features: FeatureSet, config: EvalConfig) -> tuple[torch.Ten
 
 
 def iter_query_distances(features: FeatureSet, config: EvalConfig) -> Iterator[tuple[int, torch.Tensor]]:
-    """(first query row, distances [c, G]) per query chunk, re-ranked when config.rerank.enabled."""
+    """(first query row, distances [c, G]) per query chunk, re-ranked when config.rerank.enabled, plus
+    ``config.camera_penalty`` on same-camera pairs when it is non-zero."""
+    chunks = _distance_chunks(features, config)
+    if config.camera_penalty == 0:
+        return chunks
+    return _with_camera_penalty(chunks, features, config.camera_penalty)
+
+
+def _with_camera_penalty(
+    chunks: Iterator[tuple[int, torch.Tensor]], features: FeatureSet, penalty: float
+) -> Iterator[tuple[int, torch.Tensor]]:
+    for start, distances in chunks:
+        query_cams = features.query_camids[start : start + distances.shape[0]].to(distances.device)
+        same = query_cams[:, None] == features.gallery_camids.to(distances.device)[None, :]
+        yield start, distances + penalty * same.to(distances.dtype)
+
+
+def _distance_chunks(features: FeatureSet, config: EvalConfig) -> Iterator[tuple[int, torch.Tensor]]:
     query, gallery = _prepared_feats(features, config)
     chunk = _query_chunk(features, config)
     if config.rerank.enabled:
@@ -92,6 +109,7 @@ def results_payload(metrics: RankMetrics, config: EvalConfig) -> dict[str, Any]:
     payload = metrics.to_dict()
     payload["metric"] = config.metric
     payload["rerank"] = config.rerank.enabled
+    payload["camera_penalty"] = config.camera_penalty
     return payload
 
 

@@ -29,18 +29,11 @@ from torch.utils.data import DataLoader
 
 from reidscale.config import Config, write_run_record
 from reidscale.engine.config import TrainConfig
-from reidscale.evaluation.datasets import load_dataset
-from reidscale.evaluation.evaluator import evaluate_feature_set
-from reidscale.evaluation.extract import extract_features
-from reidscale.evaluation.features import save_feature_file
+from reidscale.jobs.common import gathered_state_dict, split_metrics, write_run_outputs
 from reidscale.models.config import backbone_from_config
 from reidscale.objectives.base import Objective
 from reidscale.objectives.finetune import FinetuneObjective, finetune_train_data
 from reidscale.utils.dist import get_rank, get_world_size
-from reidscale.utils.io import atomic_write, atomic_write_json
-
-#: test-time batch size of the periodic evaluation
-EVAL_BATCH = 64
 
 
 @dataclass
@@ -80,31 +73,16 @@ def derived_train_config(config: Config, world_size: int) -> TrainConfig:
 
 def test_metrics(model: nn.Module, config: Config, device: torch.device) -> tuple[dict[str, float], Any]:
     """(metrics, features) of ``model`` on the test split of ``finetune.dataset`` (every rank computes)."""
-    split = load_dataset(config.finetune.dataset, config.finetune.dataset_root)
-    features = extract_features(
+    size = (config.finetune.image_height, config.finetune.image_width)
+    return split_metrics(
         model,
-        split,
-        EVAL_BATCH,
+        config.finetune.dataset,
+        config.finetune.dataset_root,
+        size,
+        config.finetune.flip_test,
+        config.eval,
         device,
-        height=config.finetune.image_height,
-        width=config.finetune.image_width,
-        flip=config.finetune.flip_test,
     )
-    result = evaluate_feature_set(features, config.eval)
-    metrics = {"mAP": result.mAP, "mINP": result.mINP}
-    metrics.update({f"R{r}": result.cmc[r - 1] for r in (1, 5, 10) if r <= len(result.cmc)})
-    return metrics, features
-
-
-def gathered_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """A full CPU copy of ``module.state_dict()``, gathering ZeRO-3 partitioned parameters first."""
-    params = list(module.parameters())
-    if any(hasattr(param, "ds_id") for param in params):
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            return {name: value.detach().float().cpu().clone() for name, value in module.state_dict().items()}
-    return {name: value.detach().float().cpu().clone() for name, value in module.state_dict().items()}
 
 
 def run_finetune(config: Config) -> FinetuneSummary:
@@ -158,10 +136,8 @@ def _train_and_report(
     weights = gathered_state_dict(model)
     if rank != 0:
         return FinetuneSummary(run_dir, result.steps_done, before, after, None, None, None)
-    weights_path = atomic_write(run_dir / "backbone.pt", lambda tmp: torch.save(weights, tmp))
-    features_path = save_feature_file(run_dir / "features.pt", features)
-    results_path = run_dir / "results.json"
-    atomic_write_json(results_path, {"steps": result.steps_done, "before": before, "after": after})
+    results = {"steps": result.steps_done, "before": before, "after": after}
+    paths = write_run_outputs(run_dir, weights, features, results)
     return FinetuneSummary(
-        run_dir, result.steps_done, before, after, weights_path, features_path, results_path
+        run_dir, result.steps_done, before, after, paths["weights"], paths["features"], paths["results"]
     )

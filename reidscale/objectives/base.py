@@ -46,6 +46,9 @@ class Objective(nn.Module):
 
     #: name used in logs and checkpoints
     name: str = "objective"
+    #: True when ``extra_state`` differs between ranks by design (e.g. a row-sharded memory bank): the
+    #: engine then stores it in each rank's own checkpoint file without comparing the ranks' copies
+    extra_state_per_rank: bool = False
 
     def forward(self, batch: Any) -> StepOutput:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must implement forward(batch) -> StepOutput")

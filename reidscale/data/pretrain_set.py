@@ -1,0 +1,296 @@
+"""The pre-training image set of selective contrastive learning (METHODS.md §3): N fixed, indexed crops.
+
+The method keeps one memory-bank row per training image, so its training set is a fixed list of person
+crops, decoded once (``crop_cache``) and then read from disk every epoch::
+
+    manifest (load_manifest) ──► select_records (stride + cap per tracklet)
+      ──► crop cache (uint8 [N, H, W, 3] on disk)
+      ──► PretrainImageSet (item i = bank row i) + pretrain_batch_sampler (a permutation per epoch, per rank)
+
+``build_pretrain_set(config, batch_per_rank, seed)`` ties it together; use the pair as
+``DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers)`` and call
+``sampler.set_epoch(e)`` before each epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from reidscale.data.crop_cache import CropCache, Progress, build_crop_cache
+from reidscale.data.decode.loader import BACKENDS
+from reidscale.data.manifests import MANIFEST_KINDS, load_manifest, manifest_options
+from reidscale.data.records import CropRecord, Manifest
+from reidscale.data.reid_images import IMAGENET_MEAN, IMAGENET_STD
+from reidscale.data.sampler import IdentitySampler
+from reidscale.utils.dist import get_rank, get_world_size
+from reidscale.utils.options import option
+
+DECODE_DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainDataConfig:
+    """The fixed image set of unsupervised pre-training: source, subsampling, crop size, decoding, cache."""
+
+    source: str = option("video_tracklets", "manifest kind to read (reidscale.data.manifests.MANIFEST_KINDS)")
+    path: str = option("data/synth_demo", "the corpus / folder / file the manifest reader reads")
+    manifest_options: dict[str, Any] = option(
+        doc="keyword options of the manifest reader (e.g. strict: false)", factory=dict
+    )
+    frame_stride: int = option(
+        4, "keep every k-th box of each tracklet in frame order (1 = all; consecutive frames are near-copies)"
+    )
+    max_per_tracklet: int = option(
+        0, "at most this many boxes per tracklet after the stride, spread evenly over it (0 = no cap)"
+    )
+    image_height: int = option(256, "height of the cached crops = training input height (pixels)")
+    image_width: int = option(128, "width of the cached crops = training input width (pixels)")
+    cache_dir: str | None = option(
+        None, "folder of the decoded-crop caches; null = <path>/.reidscale_cache (beside a file path)"
+    )
+    decode_backend: Literal["auto", "dali", "pyav"] = option(
+        "auto", "video decoding: auto (DALI where it decodes the codec, PyAV otherwise), dali or pyav"
+    )
+    decode_device: Literal["auto", "cpu", "gpu"] | None = option(
+        None, "cpu, gpu, or null/auto = gpu when torch sees CUDA"
+    )
+    flip_prob: float = option(
+        0.5, "probability of a horizontal flip per training image (the only augmentation)"
+    )
+    num_workers: int = option(0, "DataLoader worker processes reading the cache")
+
+    def __post_init__(self) -> None:
+        if self.source not in MANIFEST_KINDS:
+            raise ValueError(f"pretrain_data.source must be one of {MANIFEST_KINDS}, got {self.source!r}")
+        if not isinstance(self.path, str) or not self.path:
+            raise ValueError(f"pretrain_data.path must be a non-empty path, got {self.path!r}")
+        if not isinstance(self.manifest_options, dict):
+            raise ValueError(
+                f"pretrain_data.manifest_options must be a mapping, got {self.manifest_options!r}"
+            )
+        unknown = sorted(set(self.manifest_options) - set(manifest_options(self.source)))
+        if unknown:
+            raise ValueError(
+                f"pretrain_data.manifest_options has {unknown}, not options of the {self.source!r} reader "
+                f"(it takes {list(manifest_options(self.source))})"
+            )
+        minimum = {"frame_stride": 1, "max_per_tracklet": 0, "image_height": 1, "image_width": 1}
+        minimum["num_workers"] = 0
+        for name, least in minimum.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"pretrain_data.{name} must be an integer >= {least}, got {value!r}")
+        if self.cache_dir is not None and (not isinstance(self.cache_dir, str) or not self.cache_dir):
+            raise ValueError(
+                f"pretrain_data.cache_dir must be a non-empty path or null, got {self.cache_dir!r}"
+            )
+        if self.decode_backend not in BACKENDS:
+            raise ValueError(
+                f"pretrain_data.decode_backend must be one of {BACKENDS}, got {self.decode_backend!r}"
+            )
+        if self.decode_device is not None and self.decode_device not in DECODE_DEVICES:
+            raise ValueError(
+                f"pretrain_data.decode_device must be one of {DECODE_DEVICES} or null, "
+                f"got {self.decode_device!r}"
+            )
+        if isinstance(self.flip_prob, bool) or not 0.0 <= self.flip_prob <= 1.0:
+            raise ValueError(
+                f"pretrain_data.flip_prob must be a probability in [0, 1], got {self.flip_prob!r}"
+            )
+
+
+def _group_key(record: CropRecord) -> tuple:
+    """The tracklet a record belongs to: its tracklet number, else (video, camera, pid) for image folders."""
+    if record.tracklet >= 0:
+        return ("tracklet", record.tracklet)
+    return ("pid", record.video, record.camera, record.pid)
+
+
+def spread_evenly(count: int, keep: int) -> list[int]:
+    """``keep`` of ``count`` positions, one at the centre of each of ``keep`` equal slices:
+    ``floor((2j + 1) · count / (2 · keep))`` for j = 0..keep−1 (all of them when keep >= count)."""
+    if keep >= count:
+        return list(range(count))
+    return [(2 * j + 1) * count // (2 * keep) for j in range(keep)]
+
+
+def select_records(manifest: Manifest, frame_stride: int, max_per_tracklet: int) -> list[CropRecord]:
+    """Deterministic per-tracklet subsampling of ``manifest.records``, kept in manifest order.
+
+    Each tracklet's records (by tracklet number, or by (video, camera, pid) when ``tracklet == -1``, as in
+    image-folder manifests) are ordered by (frame, manifest position); the 1st, (1+k)th, (1+2k)th … are
+    kept (k = ``frame_stride``), then, when more than ``max_per_tracklet`` > 0 remain, ``spread_evenly``
+    picks that many of them.
+    """
+    if frame_stride < 1:
+        raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
+    if max_per_tracklet < 0:
+        raise ValueError(f"max_per_tracklet must be >= 0 (0 = no cap), got {max_per_tracklet}")
+    groups: dict[tuple, list[int]] = {}
+    for position, record in enumerate(manifest.records):
+        groups.setdefault(_group_key(record), []).append(position)
+    kept: list[int] = []
+    for positions in groups.values():
+        ordered = sorted(positions, key=lambda p: (manifest.records[p].frame, p))[::frame_stride]
+        if max_per_tracklet:
+            ordered = [ordered[i] for i in spread_evenly(len(ordered), max_per_tracklet)]
+        kept.extend(ordered)
+    return [manifest.records[position] for position in sorted(kept)]
+
+
+class PretrainImageSet(Dataset):
+    """The cached crops as training images; item ``i`` (= memory-bank row i) is
+
+    ``{"image": float32 [3, H, W] ImageNet-normalised, flipped with flip_prob, "index": i, "camid": int,
+    "pid": int}`` (pid = tracklet / pseudo identity, reported only). The flip draws ``torch.rand(1)`` from
+    torch's global generator, which the DataLoader seeds per worker. ``test_view(i)`` = the image unflipped.
+    """
+
+    def __init__(self, cache: CropCache, flip_prob: float = 0.5, augment: bool = True) -> None:
+        if not 0.0 <= flip_prob <= 1.0:
+            raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
+        self.cache, self.flip_prob, self.augment = cache, float(flip_prob), bool(augment)
+        self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        self.summary = ""
+
+    def __len__(self) -> int:
+        return self.cache.num_rows
+
+    @property
+    def num_images(self) -> int:
+        return self.cache.num_rows
+
+    @property
+    def cameras(self) -> torch.Tensor:
+        """int64 [N]: camera of each image (-1 = unknown)."""
+        return torch.from_numpy(self.cache.rows["camera"])
+
+    @property
+    def pids(self) -> torch.Tensor:
+        """int64 [N]: tracklet / pseudo identity of each image (not a training label)."""
+        return torch.from_numpy(self.cache.rows["pid"])
+
+    def without_augmentation(self) -> PretrainImageSet:
+        """The same images, never flipped (e.g. for the memory-bank initialisation pass)."""
+        other = PretrainImageSet(self.cache, self.flip_prob, augment=False)
+        other.summary = self.summary
+        return other
+
+    def test_view(self, index: int) -> torch.Tensor:
+        """float32 [3, H, W]: image ``index`` normalised, not flipped."""
+        crop = torch.from_numpy(np.array(self.cache.crops[index]))  # copy out of the read-only memmap
+        return (crop.permute(2, 0, 1).float().div_(255.0) - self._mean) / self._std
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image = self.test_view(index)
+        if self.augment and self.flip_prob > 0 and torch.rand(1).item() < self.flip_prob:
+            image = image.flip(-1)
+        rows = self.cache.rows
+        return {
+            "image": image,
+            "index": index,
+            "camid": int(rows["camera"][index]),
+            "pid": int(rows["pid"][index]),
+        }
+
+
+def pretrain_batch_sampler(
+    num_images: int,
+    batch_per_rank: int,
+    seed: int = 0,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> IdentitySampler:
+    """Per epoch, a random permutation of 0..num_images−1 cut into batches of ``batch_per_rank``, global
+    batches dealt to ranks in turn: every index at most once per epoch, the ``num_images mod (batch ×
+    world)`` remainder dropped, every rank the same number of batches; ``set_epoch`` / ``state_dict`` /
+    ``load_state_dict`` resume exactly. It is the identity sampler with one identity per image and K = 1.
+    """
+    world = get_world_size() if world_size is None else int(world_size)
+    if batch_per_rank < 1:
+        raise ValueError(f"batch_per_rank must be >= 1, got {batch_per_rank}")
+    if world < 1:
+        raise ValueError(f"world_size must be >= 1, got {world}")
+    if num_images < batch_per_rank * world:
+        raise ValueError(
+            f"num_images={num_images} is smaller than one global batch "
+            f"({batch_per_rank} per rank × {world} ranks)"
+        )
+    pids = np.arange(num_images, dtype=np.int64)
+    return IdentitySampler(
+        pids, batch_per_rank, 1, rank=get_rank() if rank is None else rank, world_size=world, seed=seed
+    )
+
+
+def resolve_cache_dir(config: PretrainDataConfig) -> Path:
+    """config.cache_dir, else ``<path>/.reidscale_cache`` (``<parent of path>/…`` when path is a file)."""
+    if config.cache_dir is not None:
+        return Path(config.cache_dir)
+    path = Path(config.path)
+    return (path if path.is_dir() else path.parent) / ".reidscale_cache"
+
+
+def resolve_decode_device(device: str | None) -> str:
+    """ "gpu" or "cpu": None / "auto" = "gpu" when torch sees CUDA."""
+    if device in (None, "auto"):
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def build_pretrain_set(
+    config: PretrainDataConfig,
+    batch_per_rank: int,
+    seed: int = 0,
+    rank: int | None = None,
+    world_size: int | None = None,
+    progress: Progress | None = None,
+) -> tuple[PretrainImageSet, IdentitySampler]:
+    """Read the manifest, select the records, build or reuse the crop cache, and return the dataset with
+    this rank's sampler. ``dataset.summary`` holds (and the log gets) one line of what was read, selected,
+    skipped and cached."""
+    manifest = load_manifest(config.source, config.path, **config.manifest_options)
+    records = select_records(manifest, config.frame_stride, config.max_per_tracklet)
+    if not records:
+        raise ValueError(f"pretrain_data: the {config.source!r} manifest at {config.path!r} has no records")
+    cache = build_crop_cache(
+        records,
+        resolve_cache_dir(config),
+        (config.image_height, config.image_width),
+        backend=config.decode_backend,
+        device=resolve_decode_device(config.decode_device),
+        progress=progress,
+    )
+    dataset = PretrainImageSet(cache, config.flip_prob)
+    sampler = pretrain_batch_sampler(dataset.num_images, batch_per_rank, seed, rank, world_size)
+    skipped = sum(manifest.skipped.values())
+    dataset.summary = (
+        f"pretrain set: {len(manifest)} records read ({skipped} skipped by the reader), "
+        f"{len(records)} selected "
+        f"(stride {config.frame_stride}, cap {config.max_per_tracklet or 'none'}), {cache.num_rows} crops "
+        f"{config.image_height}x{config.image_width} {cache.status} at {cache.folder} "
+        f"(decode: {cache.stats.summary()}); {len(sampler)} batches of {batch_per_rank} per rank"
+    )
+    logger.info(dataset.summary)
+    return dataset, sampler
+
+
+__all__ = [
+    "DECODE_DEVICES",
+    "PretrainDataConfig",
+    "PretrainImageSet",
+    "build_pretrain_set",
+    "pretrain_batch_sampler",
+    "resolve_cache_dir",
+    "resolve_decode_device",
+    "select_records",
+    "spread_evenly",
+]
