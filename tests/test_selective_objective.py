@@ -258,7 +258,8 @@ def test_loading_another_ranks_shard_is_refused() -> None:
         other.attach_banks(torch.device("cpu"), rank=rank, world_size=world_size)
         with pytest.raises(ValueError, match=r"bank shard is \(rows, world size, rank\) = \(9, 2, 1\)"):
             other.load_extra_state(state)
-    other = objective_with_fixed_net(SelectiveConfig(**{**TINY, "global_dim": 8}), data["cameras"])
+    narrower = SelectiveConfig(**{**TINY, "global_dim": 8, "local_dim": 2})
+    other = objective_with_fixed_net(narrower, data["cameras"])
     other.attach_banks(torch.device("cpu"), rank=1, world_size=2)
     with pytest.raises(ValueError, match="bank selection: saved shape"):
         other.load_extra_state(state)
@@ -297,6 +298,7 @@ BAD_FIELDS = [
     ("temperature", 0.0),
     ("bank_dtype", "float64"),
     ("test_feature", "mean"),
+    ("local_dim", 128),  # 8 stripes × 128 ≠ the 2048-wide mixture rows
 ]
 
 

@@ -19,7 +19,6 @@ or one plain process). The flow:
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +31,6 @@ from reidscale.config import Config, write_run_record
 from reidscale.engine.config import TrainConfig
 from reidscale.jobs.common import gathered_state_dict, split_metrics, write_run_outputs
 from reidscale.utils.dist import get_rank, get_world_size
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -109,10 +106,17 @@ def run_pretrain(config: Config) -> PretrainSummary:
             trainer = Trainer(objective, train_config, run_dir, tracker=tracker, eval_fn=None)
             banks = objective.attach_banks(trainer.device, rank, world)
             objective.set_steps_per_epoch(trainer.steps_per_epoch(loader))
+            if rank == 0:
+                print(dataset.summary, flush=True)
             if trainer.checkpoint_to_resume() is None:
                 rows = own_rows(dataset, banks.shards.start, banks.shards.stop, config.scl.init_batch_size)
                 filled = objective.initialise_banks(rows)
-                logger.info("rank %d: memory banks initialised from %d images", rank, filled)
+                if rank == 0:
+                    print(
+                        f"memory banks: {banks.num_rows} rows in {world} shard(s) of "
+                        f"{config.scl.bank_dtype}; rank 0 initialised its {filled} rows",
+                        flush=True,
+                    )
             return _train_and_report(config, trainer, loader, run_dir, tracker, rank)
 
 
