@@ -20,6 +20,7 @@ from reidscale.objectives.selective import (
     SelectiveContrastive,
     SelectiveFeatures,
     SelectiveNet,
+    local_concat,
 )
 from tests.selective_world import (
     MapBackbone,
@@ -416,3 +417,32 @@ def test_heads_on_resnet18_and_bad_backbones() -> None:
         SelectiveNet(Tokens(), cfg)(torch.randn(2, 3, 8, 4))
     with pytest.raises(ValueError, match="no feature_dim"):
         SelectiveNet(nn.Identity(), cfg)
+
+
+def test_initialisation_pass_uses_batch_statistics_and_leaves_running_statistics() -> None:
+    """The decided initialisation: BatchNorm normalises with the batch's statistics (as in training), the
+    running statistics and counters stay as they were, the rows hold those features, M = normalise(g + l_cat).
+    """
+    cfg = tiny_config()
+    torch.manual_seed(3)
+    objective = SelectiveContrastive(MapBackbone(), cfg, torch.zeros(6, dtype=torch.int64))
+    norms = [m for m in objective.net.modules() if isinstance(m, nn.BatchNorm1d)]
+    for norm in norms:  # running statistics far from any batch's, so using them would show
+        norm.running_mean.fill_(5.0)
+        norm.running_var.fill_(9.0)
+    before = copy.deepcopy(objective.net.state_dict())
+    objective.net.eval()
+    objective.attach_banks(torch.device("cpu"))
+    images = torch.randn(6, 3, 8, 4)
+    assert objective.initialise_banks([(torch.arange(3), images[:3]), (torch.arange(3, 6), images[3:])]) == 6
+    for key, value in objective.net.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert not objective.net.training  # the mode it had before
+    reference = copy.deepcopy(objective.net).train()
+    for rows in (slice(0, 3), slice(3, 6)):
+        with torch.no_grad():
+            g, stripes = reference(images[rows])
+        banks = objective.banks
+        torch.testing.assert_close(banks.global_bank()[rows], g)
+        torch.testing.assert_close(banks.local_bank(1)[rows], stripes[:, 1])
+        torch.testing.assert_close(banks.mixture[rows], F.normalize(g + local_concat(stripes), dim=1))
