@@ -93,6 +93,9 @@ def test_two_rank_pretraining_resumes_exactly(tmp_path: Path, corpus: Path) -> N
         for part in ("selection", "mixture"):
             assert torch.equal(ours[part], theirs[part]), f"rank {rank} {part}"
     assert split["results"]["after"] == straight["results"]["after"]
+    assert split["results"]["before"] == straight["results"]["before"]  # carried over from the first part
+    stopped_at_3 = [entry for entry in split["results"]["evaluations"] if entry["step"] != 3]
+    assert stopped_at_3 == straight["results"]["evaluations"]  # + the evaluation where the first part stopped
     # the two shards together hold every row once: 37 tracklets × 1 crop
     assert sum(shard["selection"].shape[0] for shard in straight["banks"]) == 37
     rows = [json.loads(line) for line in (tmp_path / "runs" / "straight" / "metrics.jsonl").open()]

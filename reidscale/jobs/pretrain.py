@@ -19,6 +19,7 @@ or one plain process). The flow:
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from reidscale.config import Config, write_run_record
+from reidscale.engine.checkpoint import TAG_PATTERN
 from reidscale.engine.config import TrainConfig
 from reidscale.jobs.common import gathered_state_dict, split_metrics, write_run_outputs
 from reidscale.utils.dist import get_rank, get_world_size
@@ -144,10 +146,14 @@ def _train_and_report(
         return metrics
 
     trainer.eval_fn = evaluate
-    resumed = trainer.checkpoint_to_resume() is not None
-    before = {} if resumed else evaluate(trainer.objective, 0)
-    if before:
-        tracker.log({f"eval/{key}": value for key, value in before.items()}, step=0)
+    checkpoint = trainer.checkpoint_to_resume()
+    if checkpoint is None:
+        before = evaluate(trainer.objective, 0)
+        if before:
+            tracker.log({f"eval/{key}": value for key, value in before.items()}, step=0)
+    else:  # the earlier part of the run evaluated the untrained model and wrote it down
+        before, earlier = _earlier_results(run_dir / "results.json", checkpoint)
+        evaluations.extend(earlier)
     result = trainer.run(loader, until_step=config.pretrain.until_step)  # evaluates at the end too
     if config.pretrain.eval_dataset is not None and last.get("step") != result.steps_done:
         evaluate(trainer.objective, result.steps_done)
@@ -167,3 +173,14 @@ def _train_and_report(
     if "rank_list" in paths:
         tracker.log_image("eval/rank_list", paths["rank_list"], step=result.steps_done)
     return PretrainSummary(run_dir, result.steps_done, before, after, paths)
+
+
+def _earlier_results(path: Path, checkpoint: Path) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """``(before, evaluations up to the checkpoint's step)`` from the results.json an earlier part of a
+    resumed run wrote; empty when there is none (e.g. a checkpoint copied from elsewhere)."""
+    if not path.is_file():
+        return {}, []
+    results = json.loads(path.read_text(encoding="utf-8"))
+    step = int(TAG_PATTERN.match(checkpoint.name).group(1))  # type: ignore[union-attr]
+    earlier = [entry for entry in results.get("evaluations", []) if entry.get("step", step + 1) <= step]
+    return dict(results.get("before", {})), earlier
