@@ -110,7 +110,8 @@ def run_pretrain(config: Config) -> PretrainSummary:
             objective.set_steps_per_epoch(trainer.steps_per_epoch(loader))
             if rank == 0:
                 print(dataset.summary, flush=True)
-            if trainer.checkpoint_to_resume() is None:
+            checkpoint = trainer.checkpoint_to_resume()
+            if checkpoint is None:
                 rows = own_rows(dataset, banks.shards.start, banks.shards.stop, config.scl.init_batch_size)
                 filled = objective.initialise_banks(rows)
                 if rank == 0:
@@ -119,11 +120,17 @@ def run_pretrain(config: Config) -> PretrainSummary:
                         f"{config.scl.bank_dtype}; rank 0 initialised its {filled} rows",
                         flush=True,
                     )
-            return _train_and_report(config, trainer, loader, run_dir, tracker, rank)
+            return _train_and_report(config, trainer, loader, run_dir, tracker, rank, checkpoint)
 
 
 def _train_and_report(
-    config: Config, trainer: Any, loader: DataLoader, run_dir: Path, tracker: Any, rank: int
+    config: Config,
+    trainer: Any,
+    loader: DataLoader,
+    run_dir: Path,
+    tracker: Any,
+    rank: int,
+    checkpoint: Path | None,
 ) -> PretrainSummary:
     evaluations: list[dict[str, Any]] = []
     last: dict[str, Any] = {}
@@ -146,7 +153,6 @@ def _train_and_report(
         return metrics
 
     trainer.eval_fn = evaluate
-    checkpoint = trainer.checkpoint_to_resume()
     if checkpoint is None:
         before = evaluate(trainer.objective, 0)
         if before:

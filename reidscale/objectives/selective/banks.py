@@ -200,9 +200,9 @@ class SelectiveBanks:
         own = self.shards.owned(index)
         local = index[own] - self.shards.start
         bank_update(self.global_bank(), local, anchors.g[own].to(device), cfg.bank_momentum)
+        own_stripes = anchors.stripes[own].to(device)  # [b, S, Dl]
         for stripe in range(cfg.num_stripes):
-            features = anchors.stripes[own][:, stripe].to(device)
-            bank_update(self.local_bank(stripe), local, features, cfg.bank_momentum)
+            bank_update(self.local_bank(stripe), local, own_stripes[:, stripe], cfg.bank_momentum)
         slots = torch.cat([index[:, None], positives.to(device)], dim=1).reshape(-1)  # (anchor, slot) order
         per_slot = positives.shape[1] + 1
         targets, features = [], []
