@@ -6,6 +6,7 @@ import io
 import json
 import math
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -32,7 +33,12 @@ from reidscale.tracking import (
     resolve_wandb_mode,
 )
 from reidscale.tracking.console import format_metric_value
-from reidscale.tracking.wandb_records import BLOCK_SIZE, iter_record_payloads
+from reidscale.tracking.wandb_records import (
+    BLOCK_SIZE,
+    iter_record_payloads,
+    log_is_closed,
+    wait_for_closed_log,
+)
 
 # Values chosen so that any lossy formatting shows: shortest-repr floats with 17 significant digits,
 # an int beyond 2**53 (not representable as a double), tiny and huge magnitudes, negative zero.
@@ -443,3 +449,62 @@ def test_offline_wandb_run_reads_back_exactly(isolated_wandb_env):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="offline-run"):
         find_offline_run(tmp_path / "empty")
+
+
+def test_finish_returns_only_once_the_record_log_is_complete(isolated_wandb_env, monkeypatch):
+    # wandb's run.finish() returns before wandb-core has written the last block of the log: the service
+    # writes it when it closes the run's stream on the "finish" message. Deliver that message late: the
+    # log cannot be complete before it arrives, so finish() must wait for the event, not return early.
+    from wandb.sdk.lib.service import service_connection
+
+    inform_finish = service_connection.ServiceConnection.inform_finish
+    sent = threading.Event()
+
+    def late_inform_finish(self, run_id):
+        def send() -> None:
+            inform_finish(self, run_id)
+            sent.set()
+
+        threading.Timer(0.5, send).start()
+
+    monkeypatch.setattr(service_connection.ServiceConnection, "inform_finish", late_inform_finish)
+    tracker = build_tracker(["wandb"], isolated_wandb_env / "run", "late-close", rank=0)
+    for step in range(40):
+        tracker.log({"loss": 1.0 / (step + 1)}, step=step)
+    tracker.finish()
+    assert sent.is_set()
+    assert log_is_closed(tracker.record_file)
+    assert [row["_step"] for row in read_wandb_history(tracker.record_file)] == list(range(40))
+
+
+def test_log_is_closed_sees_the_exit_record_only_once_the_last_block_is_written(isolated_wandb_env):
+    tracker = build_tracker(["wandb"], isolated_wandb_env / "run", "blocks", rank=0)
+    tracker.log_config({"notes": "x" * (3 * BLOCK_SIZE)})  # a log of several blocks
+    tracker.log({"loss": 0.5}, step=0)
+    tracker.finish()
+    whole = tracker.record_file.read_bytes()
+    assert len(whole) > 3 * BLOCK_SIZE and log_is_closed(tracker.record_file)
+
+    # what wandb-core has on disk before it closes the stream: only the full blocks
+    partial = isolated_wandb_env / "partial" / "run-x.wandb"
+    partial.parent.mkdir()
+    partial.write_bytes(whole[: len(whole) // BLOCK_SIZE * BLOCK_SIZE])
+    assert not log_is_closed(partial)
+    partial.write_bytes(b"")  # created, nothing written yet
+    assert not log_is_closed(partial)
+    with pytest.warns(RuntimeWarning, match="has not finished writing"):
+        assert wait_for_closed_log(partial, timeout_s=0.05) is False
+
+    # the waiter returns as soon as the rest arrives (written by another thread, as wandb-core does)
+    partial.write_bytes(whole[: len(whole) // BLOCK_SIZE * BLOCK_SIZE])
+    finished = threading.Event()
+
+    def close_later() -> None:
+        with open(partial, "ab") as handle:
+            handle.write(whole[len(whole) // BLOCK_SIZE * BLOCK_SIZE :])
+        finished.set()
+
+    threading.Timer(0.2, close_later).start()
+    assert wait_for_closed_log(partial, timeout_s=60) is True
+    assert finished.is_set()
+    assert list(iter_record_payloads(partial)) == list(iter_record_payloads(tracker.record_file))

@@ -14,8 +14,11 @@ every other inconsistency (bad header, CRC mismatch, a piece out of order) raise
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
+import time
+import warnings
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -77,12 +80,12 @@ def _check_file_header(header: bytes, path: Path) -> None:
         )
 
 
-def _iter_chunks(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(kind, payload) of every CRC-checked chunk, in file order."""
+def _iter_chunks(path: Path, first_block: int = 0) -> Iterator[tuple[int, bytes]]:
+    """(kind, payload) of every CRC-checked chunk from block ``first_block`` on, in file order."""
     with open(path, "rb") as handle:
         _check_file_header(handle.read(FILE_HEADER.size), path)
-        handle.seek(0)
-        block_index = 0
+        handle.seek(first_block * BLOCK_SIZE)
+        block_index = first_block
         while block := handle.read(BLOCK_SIZE):
             pos = FILE_HEADER.size if block_index == 0 else 0
             while len(block) - pos >= CHUNK_HEADER.size:
@@ -105,11 +108,18 @@ def _iter_chunks(path: Path) -> Iterator[tuple[int, bytes]]:
             block_index += 1
 
 
-def iter_record_payloads(path: str | Path) -> Iterator[bytes]:
-    """The serialised records of a ``run-<id>.wandb`` file, pieces of split records joined."""
+def iter_record_payloads(path: str | Path, first_block: int = 0) -> Iterator[bytes]:
+    """The serialised records of a ``run-<id>.wandb`` file, pieces of split records joined.
+
+    first_block > 0 reads only the records that start in that block or later (the pieces of a record
+    begun in an earlier block are passed over).
+    """
     file_path = Path(path)
     pending: bytearray | None = None
-    for kind, payload in _iter_chunks(file_path):
+    chunks = _iter_chunks(file_path, first_block)
+    if first_block > 0:  # pass over the tail of a record that began before first_block
+        chunks = itertools.dropwhile(lambda chunk: chunk[0] not in (KIND_FULL, KIND_FIRST), chunks)
+    for kind, payload in chunks:
         if kind in (KIND_FULL, KIND_FIRST):
             if pending is not None:
                 raise ValueError(f"{file_path}: a record starts before the previous split record ended")
@@ -135,6 +145,47 @@ def iter_wandb_records(run_dir_or_file: str | Path) -> Iterator[Any]:
         record = wandb_internal_pb2.Record()
         record.ParseFromString(payload)
         yield record
+
+
+def log_is_closed(record_file: str | Path) -> bool:
+    """Whether wandb-core has finished writing ``record_file``: its exit record is on disk.
+
+    wandb-core keeps the newest (partial) 32 KiB block of the log in memory and writes it when it closes
+    the run's stream, which happens after ``run.finish()`` has returned. The exit record is the last
+    record a finished run writes, so once it can be read back every record is on disk. Only the last two
+    blocks are read (the exit record is small and lies in them), so the check costs the same for any log.
+    """
+    import_wandb()
+    from wandb.proto import wandb_internal_pb2
+
+    path = Path(record_file)
+    size = path.stat().st_size if path.is_file() else 0
+    if size < FILE_HEADER.size:  # created, nothing written yet
+        return False
+    first_block = max(0, (size - 1) // BLOCK_SIZE - 1)
+    for payload in iter_record_payloads(path, first_block):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(payload)
+        if record.WhichOneof("record_type") == "exit":
+            return True
+    return False
+
+
+def wait_for_closed_log(record_file: str | Path, timeout_s: float = 600.0, poll_s: float = 0.02) -> bool:
+    """Wait until ``log_is_closed(record_file)``; True when it is, False (with a warning naming the file)
+    when ``timeout_s`` passed first, which only a stalled or killed wandb-core service causes."""
+    deadline = time.monotonic() + timeout_s
+    while not log_is_closed(record_file):
+        if time.monotonic() >= deadline:
+            warnings.warn(
+                f"wandb has not finished writing {record_file} within {timeout_s:.0f} s of run.finish(); "
+                "its last records may be missing",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return False
+        time.sleep(poll_s)
+    return True
 
 
 def _item_path(item: Any) -> Sequence[str]:

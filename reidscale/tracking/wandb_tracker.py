@@ -3,7 +3,8 @@
 Mode, first match wins: ``WandbOptions.mode``; the ``WANDB_MODE`` environment variable; ``"online"`` when
 ``WANDB_API_KEY`` is set; otherwise ``"offline"``. An offline run makes no network connection; it writes
 ``<dir>/wandb/offline-run-<date>-<id>/run-<id>.wandb``, which ``wandb sync`` uploads later and
-``reidscale.tracking.wandb_records`` reads back.
+``reidscale.tracking.wandb_records`` reads back. ``finish`` returns once that log is complete on disk
+(wandb's own ``run.finish()`` returns before wandb-core writes its last block).
 
 Defaults passed to ``wandb.Settings`` (``WandbOptions.settings`` adds to and overrides them):
 ``console="off"``: the console tracker already prints every line, and wandb's capture of sys.stdout/stderr
@@ -133,3 +134,10 @@ class WandbTracker(Tracker):
 
     def _close(self, failed: bool) -> None:
         self.run.finish(exit_code=1 if failed else 0)
+        if self.mode != "disabled":
+            # run.finish() returns before wandb-core has written the last block of the record log (it
+            # does that when it closes the run's stream, asynchronously): wait for it, so that the
+            # records are complete on disk when finish returns, whatever happens to the process next.
+            from reidscale.tracking.wandb_records import wait_for_closed_log
+
+            wait_for_closed_log(self.record_file)
