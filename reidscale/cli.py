@@ -161,6 +161,15 @@ def cmd_pretrain(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_prebuild(args: argparse.Namespace) -> int:
+    from reidscale.prebuild import prebuild_all
+
+    results = prebuild_all()
+    for result in results:
+        print(result.line(), flush=True)
+    return 1 if any(result.status == "failed" for result in results) else 0
+
+
 def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> int:
     from reidscale.jobs.demo import run_demo
 
@@ -236,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print JSON (keys versions, gpus, backends, components)"
     )
 
+    sub.add_parser(
+        "prebuild",
+        help="build once what would otherwise compile on first use (DeepSpeed's CPU op, the CUDA ops)",
+    )
     config = sub.add_parser("config", help="list every config option, or print a resolved config")
     _add_config_args(config)
     config.add_argument(
@@ -304,6 +317,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if overrides:
                 parser.error(f"info takes no config overrides, got {' '.join(overrides)}")
             return cmd_info(args)
+        if args.command == "prebuild":
+            if overrides:
+                parser.error(f"prebuild takes no config overrides, got {' '.join(overrides)}")
+            return cmd_prebuild(args)
         if args.command == "config":
             return cmd_config(args, overrides)
         if args.command == "synth":

@@ -13,6 +13,8 @@ from benchmarks.common import PROVENANCE_COLUMNS, append_rows
 from reidscale.models import create_backbone
 from reidscale.objectives.finetune import FinetuneObjective
 
+pytestmark = pytest.mark.deepspeed
+
 TINY = {
     "micro_batch": 4,
     "images_per_id": 2,

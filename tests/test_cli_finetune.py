@@ -19,6 +19,8 @@ import torch
 
 from tests.tiny_market import write_tiny_market
 
+pytestmark = pytest.mark.deepspeed
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

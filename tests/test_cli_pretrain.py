@@ -20,6 +20,8 @@ import torch
 
 from reidscale.data.synth import build_corpus
 
+pytestmark = pytest.mark.deepspeed
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

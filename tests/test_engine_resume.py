@@ -15,7 +15,7 @@ import torch
 
 from tests.engine_toy import launch
 
-pytestmark = pytest.mark.multiproc
+pytestmark = [pytest.mark.multiproc, pytest.mark.deepspeed]
 RUNS = ("resume_z0", "resume_z3")
 
 

@@ -17,6 +17,8 @@ from reidscale.objectives.base import Objective, StepOutput
 from reidscale.tracking import JsonlTracker, read_jsonl_history
 from reidscale.tracking.base import NullTracker
 
+pytestmark = pytest.mark.deepspeed
+
 
 @pytest.fixture(scope="module")
 def single_rank() -> Iterator[None]:

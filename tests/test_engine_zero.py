@@ -21,7 +21,7 @@ from tests.engine_toy import (
     zero_config,
 )
 
-pytestmark = pytest.mark.multiproc
+pytestmark = [pytest.mark.multiproc, pytest.mark.deepspeed]
 ATOL, RTOL = 1e-6, 1e-5  # fp32, 2 ranks × 2 micro-batches vs one batch: only summation order differs
 
 

@@ -17,6 +17,8 @@ import pytest
 
 from tests.ports import free_port
 
+pytestmark = pytest.mark.deepspeed
+
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
 README = LAUNCH / "README.md"

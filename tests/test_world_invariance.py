@@ -22,7 +22,7 @@ import torch
 from tests.ports import free_port
 from tests.world_invariance import STAGES
 
-pytestmark = pytest.mark.multiproc
+pytestmark = [pytest.mark.multiproc, pytest.mark.deepspeed]
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "world_invariance.py"
 

@@ -1,0 +1,38 @@
+"""Session set-up: the one-time native builds, done once before the first test instead of inside one.
+
+DeepSpeed compiles its shared-memory op the first time any process starts its engine on a CPU machine,
+and the CUDA ops are JIT-compiled on the first call on a GPU when ``reidscale._C`` was not built at
+install. Inside a test that build would count against the test's own guard on a hung subprocess and make
+its outcome depend on the machine's load and on what an earlier session left in the caches. So when the
+selected tests include any marked ``deepspeed`` (or ``gpu``, with a CUDA device), ``reidscale.prebuild``
+runs here first, with no time limit, and says what it did. Its cost is paid once per cache folder
+(``TORCH_EXTENSIONS_DIR``, ``REIDSCALE_CUDA_CACHE``); later sessions find the builds in about a second.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    needs_deepspeed = any(item.get_closest_marker("deepspeed") for item in items)
+    needs_cuda_ops = any(item.get_closest_marker("gpu") for item in items)
+    if not (needs_deepspeed or needs_cuda_ops):
+        return
+    from reidscale import prebuild
+
+    results = []
+    if needs_deepspeed:
+        results.append(prebuild.prebuild_deepspeed_ops())
+    if needs_cuda_ops:
+        import torch
+
+        if torch.cuda.is_available():
+            results.append(prebuild.prebuild_cuda_ops())
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    for result in results:
+        line = f"one-time build before the tests: {result.line()}"
+        if reporter is not None:
+            reporter.write_line(line)
+        else:  # pragma: no cover - without the terminal plugin (-p no:terminal)
+            print(line)
