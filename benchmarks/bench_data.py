@@ -1,4 +1,4 @@
-"""Benchmark: decoding, cropping and multi-crop views per data path (issue 3, item 6).
+"""Benchmark: decoding, cropping and multi-crop views per data path.
 
 Paths: ``dali-cpu`` (DALI's CPU video decoder: mjpeg, vp9; DALI CPU views), ``pyav`` (PyAV decoder: h264,
 mjpeg, vp9; torch CPU views) and ``dali-gpu`` (NVDEC "mixed" decoder, crops and DALI views on the GPU; only

@@ -15,12 +15,13 @@ Loss: ``bank_contrastive_loss_full`` (``bank_chunk=LOSS_BANK_CHUNK``) and, on CU
 one-pass kernel, forward + backward against a dense torch reference (the B×N logits, ``log_softmax``,
 autograd), P=4 positives per query, temperature 0.1.
 
-Shapes (issue 4, "Benchmarks"); N is the bank size. ``--scale full`` runs the issue's N; ``--scale cpu``
+Shapes (the sizes the kernels target); N is the bank size. ``--scale full`` runs the target N; ``--scale cpu``
 divides N by the per-shape divisor below so that the whole CPU run takes ~4 minutes on 2 cores. Every row
-carries ``n_issue``, ``n_run``, ``n_divisor`` and ``reduced``: a reduced row is never the issue's shape.
+carries ``n_issue`` (the target N), ``n_run``, ``n_divisor`` and ``reduced``: a reduced row is never the
+target shape.
 
 ====================  =====  =====  ===========  ====  ===========
-shape                 B      D      N (issue)    k     cpu divisor
+shape                 B      D      N (target)   k     cpu divisor
 ====================  =====  =====  ===========  ====  ===========
 b1024_d256_n1M        1024   256    1,000,000    256   32
 b4096_d2048_n4M       4096   2048   4,000,000    1024  256
@@ -615,7 +616,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         f"({first['roofline_source']})"
     )
     if any(row["reduced"] != "no" for row in rows):
-        print("NOTE: rows with reduced != 'no' ran a smaller bank than the issue's shape (n_run < n_issue).")
+        print("NOTE: rows with reduced != 'no' ran a smaller bank than the target shape (n_run < n_issue).")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,4 +1,4 @@
-"""Benchmark: selective contrastive learning (METHODS.md §3), the selection and the whole training step,
+"""Benchmark: selective contrastive learning (docs/methods.md), the selection and the whole training step,
 the fused and sharded path of this repository against the original approach.
 
 Paths (``path`` column):
@@ -93,7 +93,7 @@ from reidscale.objectives.selective.config import SelectiveConfig  # noqa: E402
 from reidscale.utils.io import atomic_write  # noqa: E402
 
 SEED = 0
-MARKET_ROWS = 12_936  # Market-1501 training images: the issue's "13k"
+MARKET_ROWS = 12_936  # Market-1501 training images (the "13k" bank of the benchmark shapes)
 NUM_CAMERAS = 6
 LARGE_N = 100_000  # above this many rows the select cases default to 2 timed calls
 GEN_BLOCK = 16_384  # rows per generated block of the synthetic bank

@@ -54,7 +54,7 @@ STAGES: tuple[int, ...] = (0, 1, 2, 3)
 NUM_CLASSES = 751  # Market-1501 training identities: the classifier size of the real fine-tuning step
 LR, WEIGHT_DECAY = 3.5e-4, 5e-4
 DISTINCT_BATCHES = 4  # pre-made micro-batches per rank, cycled over the steps
-WITHIN = 0.05  # the goal: ZeRO 0/1/2 within 5% of DDP
+WITHIN = 0.05  # the GPU goal: ZeRO 0/1/2 within 5% of DDP
 EXCEPTION_LINE = re.compile(r"\b([\w.]*(?:Error|Exception|Interrupt)): .*")
 
 

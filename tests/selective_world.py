@@ -1,6 +1,6 @@
 """Helpers of the selective-contrastive tests: the independent truth and the 1-vs-2-rank scenario.
 
-Independent truth (METHODS.md §3 written out in float64 loops, sharing no code with
+Independent truth (the formulas of docs/methods.md written out in float64 loops, sharing no code with
 ``reidscale.objectives.selective``): :func:`brute_distance`, :func:`brute_scores`, :func:`brute_select`,
 :func:`brute_update`, :func:`brute_loss`.
 
@@ -41,7 +41,7 @@ def brute_distance(
     bank_cams: Tensor,
     cfg: SelectiveConfig,
 ) -> Tensor:
-    """METHODS.md §3 selection distance, float64: g [B, Dg], stripes [B, S, Dl], bank_g [N, Dg],
+    """The selection distance (docs/methods.md), float64: g [B, Dg], stripes [B, S, Dl], bank_g [N, Dg],
     bank_l [N, S, Dl] → D [B, N] = λ_g‖g − G_n‖² + (1−λ_g)·mean_k‖l_k − L_kn‖² + λ_c·[same camera]."""
     g, stripes, bank_g, bank_l = (t.double() for t in (g, stripes, bank_g, bank_l))
     d_global = ((g[:, None, :] - bank_g[None]) ** 2).sum(-1)

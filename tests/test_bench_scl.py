@@ -44,7 +44,7 @@ def test_original_topk_matches_brute_force_distance() -> None:
     queries = bench.normalise_blocks(torch.randn(b, width, generator=gen), config)
     cams_bank, cams_query = torch.randint(0, 3, (n,), generator=gen), torch.randint(0, 3, (b,), generator=gen)
     self_index = torch.tensor([3, -1, 39, 0, 17])
-    # brute force, straight from METHODS.md §3: λ_g‖g−G‖² + (1−λ_g)·mean_k‖l_k−L_k‖² + λ_c[same cam]
+    # brute force, straight from docs/methods.md: λ_g‖g−G‖² + (1−λ_g)·mean_k‖l_k−L_k‖² + λ_c[same cam]
     diff = queries[:, None, :] - bank[None, :, :]  # [B, N, D]
     d_global = (diff[..., :16] ** 2).sum(-1)
     d_local = ((diff[..., 16:24] ** 2).sum(-1) + (diff[..., 24:32] ** 2).sum(-1)) / 2

@@ -125,7 +125,7 @@ def test_bad_arguments_are_refused(argv: list[str], message: str, capsys: pytest
     assert message in capsys.readouterr().err
 
 
-def test_defaults_are_the_issue_models_at_256x128() -> None:
+def test_defaults_are_the_target_models_at_256x128() -> None:
     args = bench.parse_args([])
     assert args.models == ["resnet50_ibn_a", "vit_small"] and args.stages == [0, 1, 2, 3]
     assert (args.height, args.width, args.precisions, args.world_size) == (256, 128, ["fp32"], 2)

@@ -1,4 +1,4 @@
-"""`reidscale synth`: builds the layout the issue names and refuses to overwrite a foreign folder."""
+"""`reidscale synth`: builds the documented corpus layout and refuses to overwrite a foreign folder."""
 
 from __future__ import annotations
 

@@ -262,7 +262,7 @@ def test_multi_bank_equals_weighted_concatenated_bank():
 
 
 def test_selective_contrastive_distance_ranking():
-    """METHODS.md §3: λ_g‖g−G‖² + (1−λ_g)/8·Σ‖l−L‖² + λ_c[same cam] ascending == our descending score."""
+    """docs/methods.md: λ_g‖g−G‖² + (1−λ_g)/8·Σ‖l−L‖² + λ_c[same cam] ascending == our descending score."""
     gen = torch.Generator().manual_seed(9)
     B, N, lam_g, lam_c = 4, 60, 0.5, 0.04
     norm = torch.nn.functional.normalize

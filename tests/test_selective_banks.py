@@ -1,5 +1,5 @@
 """The selective-contrastive memory banks (reidscale/objectives/selective/shards.py, banks.py) against an
-independent truth: METHODS.md §3's formulas as float64 loops (tests/selective_world.py), hand-worked
+independent truth: the formulas of docs/methods.md as float64 loops (tests/selective_world.py), hand-worked
 numbers, and one rank holding every row vs two gloo ranks."""
 
 from __future__ import annotations

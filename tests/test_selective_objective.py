@@ -1,5 +1,5 @@
 """The selective-contrastive objective, heads and config (reidscale/objectives/selective/objective.py,
-heads.py, config.py) against an independent truth: the loss, selection and updates of METHODS.md §3
+heads.py, config.py) against an independent truth: the loss, selection and updates of docs/methods.md
 written out in float64 (tests/selective_world.py), stripes and heads recomputed by hand."""
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def check_step(objective: SelectiveContrastive, data: dict[str, Tensor], want: d
 def selection_candidates(
     objective: SelectiveContrastive, data: dict[str, Tensor], g: Tensor, stripes: Tensor
 ) -> list[list[int]]:
-    """[self] + the brute-force top-(P + N_neg) rows by the METHODS.md §3 distance, per anchor."""
+    """[self] + the brute-force top-(P + N_neg) rows by the selection distance, per anchor."""
     cfg, banks, rows = objective.config, objective.banks, data["init"].shape[0]
     bank_l = banks.selection[:, 16:].reshape(rows, 4, 4)
     index = data["index"]

@@ -69,7 +69,7 @@ class RerankConfig:
 
 @dataclass
 class EvalConfig:
-    """ReID evaluation (METHODS.md §4): distances, rank metrics, kNN search, re-ranking."""
+    """ReID evaluation (docs/methods.md): distances, rank metrics, kNN search, re-ranking."""
 
     metric: Literal["cosine", "euclidean"] = option(
         "cosine", "distance between embeddings: cosine = 1-cos, euclidean = squared L2"
@@ -121,6 +121,6 @@ class Config:
         factory=PretrainDataConfig,
     )
     scl: SelectiveConfig = option(
-        doc="selective contrastive learning: heads, memory banks, selection, loss (METHODS.md §3)",
+        doc="selective contrastive learning: heads, memory banks, selection, loss (docs/methods.md)",
         factory=SelectiveConfig,
     )

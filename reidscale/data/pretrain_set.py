@@ -1,4 +1,4 @@
-"""The pre-training image set of selective contrastive learning (METHODS.md §3): N fixed, indexed crops.
+"""The pre-training image set of selective contrastive learning (docs/methods.md): N fixed, indexed crops.
 
 The method keeps one memory-bank row per training image, so its training set is a fixed list of person
 crops, decoded once (``crop_cache``) and then read from disk every epoch::

@@ -1,4 +1,4 @@
-"""Distributed identity sampler: batches of N identities × K consecutive images (CION, METHODS.md §1b).
+"""Distributed identity sampler: batches of N identities × K consecutive images (CION, docs/methods.md#cion).
 
 An epoch is planned in three steps, all drawn from ``numpy.random.default_rng([seed, epoch])`` so that
 every rank computes the same plan without communicating:

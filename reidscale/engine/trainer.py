@@ -128,7 +128,7 @@ class Trainer:
         self.tracker = tracker if tracker is not None else NullTracker()
         self.eval_fn = eval_fn
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
-        if self.dtype is not None:  # BatchNorm under DeepSpeed bf16 needs the cast first (STACK.md)
+        if self.dtype is not None:  # DeepSpeed bf16 + BatchNorm fails on a dtype mismatch unless cast first
             objective = objective.to(self.dtype)
         self.objective = objective
         optim = config.optimizer

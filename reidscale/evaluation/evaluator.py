@@ -77,7 +77,7 @@ def evaluate_feature_set(
     config: EvalConfig,
     progress: Any = None,
 ) -> RankMetrics:
-    """mAP / CMC / mINP of ``features`` under the standard protocol (METHODS.md §4).
+    """mAP / CMC / mINP of ``features`` under the standard protocol (docs/methods.md#evaluation-protocol).
 
     ``progress`` wraps the chunk iterator (e.g. ``tracker.progress``) to show a progress bar.
     """

@@ -1,4 +1,4 @@
-"""``reidscale pretrain``: unsupervised pre-training (selective contrastive learning, METHODS.md §3).
+"""``reidscale pretrain``: unsupervised pre-training (selective contrastive learning, docs/methods.md).
 
 Runs on every rank that the launcher started (``deepspeed``, ``torchrun``, ``accelerate launch``, ``srun``,
 or one plain process). The flow:

@@ -1,8 +1,9 @@
 """Pure-torch reference definitions of the memory-bank contrastive losses and the bank update.
 
-These functions are *the definition* that the Triton and CUDA kernels are tested against (METHODS.md §3,
-issue 4). They favour clarity over speed, but they respect the memory contract of the fast paths where
-the issue states one: the whole-bank loss never materialises the B×N similarity matrix.
+These functions are *the definition* that the Triton and CUDA kernels are tested against
+(docs/methods.md#selective-contrastive-learning). They favour clarity over speed, but they respect the
+memory contract of the fast paths where there is one: the whole-bank loss never materialises the B×N
+similarity matrix.
 
 Conventions shared by every function here:
 
@@ -172,7 +173,7 @@ def bank_contrastive_loss_candidates(
     weights: torch.Tensor,
     temperature: float,
 ) -> torch.Tensor:
-    """Weighted multi-target cross-entropy over a per-query candidate set of bank rows (METHODS.md §3).
+    """Weighted multi-target cross-entropy over a per-query candidate set of bank rows (docs/methods.md).
 
     For query ``b`` with candidates ``c_b1 .. c_bC`` (self, positives, negatives) the logits are
     ``s_bj = q_b · M[c_bj] / temperature`` and ``L_b = -Σ_j w_bj · log softmax_j(s_b)``, the softmax running
@@ -369,7 +370,7 @@ def bank_update(
 ) -> None:
     """In place: ``M[i] <- normalise(momentum · M[i] + (1 - momentum) · f)`` for each (index, feature) pair.
 
-    ``momentum = 0.5`` gives METHODS.md §3's ``normalise(0.5 · old + 0.5 · new)`` and the mixture-bank rule
+    ``momentum = 0.5`` gives the G/L bank rule ``normalise(0.5 · old + 0.5 · new)`` and the mixture-bank rule
     ``M[y] <- normalise((M[y] + x) / 2)``. ``normalise`` is L2 with ``max(norm, 1e-12)`` in the denominator
     (a zero row stays zero); ``normalize=False`` skips it.
 

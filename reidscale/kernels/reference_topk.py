@@ -14,7 +14,7 @@ Excluded rows: ``n == self_index[b]`` (self) and ``bank_labels[n] == query_label
 result holds the k best remaining rows per query, sorted by score descending, ties broken by the smaller
 index; slots beyond the rows that exist hold index −1 and score −inf.
 
-Multi-bank ranking and METHODS.md §3: for L2-normalised rows ‖a − b‖² = 2 − 2 a·b, so the selection
+Multi-bank ranking (docs/methods.md): for L2-normalised rows ‖a − b‖² = 2 − 2 a·b, so the selection
 distance λ_g‖g − G_n‖² + (1−λ_g)/8 Σ_k ‖l_k − L_kn‖² + λ_c [same camera] sorted ascending is the score
 λ_g g·G_n + (1−λ_g)/8 Σ_k l_k·L_kn − (λ_c/2) [same camera] sorted descending: pass
 ``bank=[(G, λ_g), (L[0], (1−λ_g)/8), ..., (L[7], (1−λ_g)/8)]``, ``queries=[g | l_1 | ... | l_8]`` and

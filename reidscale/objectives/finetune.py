@@ -1,4 +1,4 @@
-"""Supervised fine-tuning, the BoT recipe (Luo et al. 2019; METHODS.md §1c): BNNeck, label-smoothed
+"""Supervised fine-tuning, the BoT recipe (Luo et al. 2019; docs/methods.md): BNNeck, label-smoothed
 cross-entropy on the post-BNNeck feature, soft-margin batch-hard triplet on the pre-BNNeck feature.
 
     images [B, 3, H, W] → backbone → f [B, C] ──────────────── triplet(f, pids)

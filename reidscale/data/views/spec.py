@@ -4,12 +4,12 @@ A ``MultiCropSpec`` is an ordered tuple of ``CropSpec`` groups; each group produ
 resolution, and the views of a spec are numbered group by group (CION: global 1, global 2, local 1..n).
 Both implementations read only this spec, so the CPU and GPU paths draw from the same distributions.
 
-Recipes (METHODS.md):
-- ``cion_multicrop`` (§1b): 2 global 256×128 views (area 0.8–1.0, aspect w/h 0.4–0.6) and ``num_local``
+Recipes (each described in its method's section of docs/methods.md):
+- ``cion_multicrop``: 2 global 256×128 views (area 0.8–1.0, aspect w/h 0.4–0.6) and ``num_local``
   local 128×64 views (area 0.05–0.8); flip 0.5, colour jitter (0.4, 0.4, 0.2, 0.1) p=0.8, grayscale 0.2,
   blur p=1.0 / 0.1 on global 1 / 2 and 0.5 on locals, solarize 0.2 on global 2 only; bicubic.
-- ``moco_two_view`` (§2): 2 views 256×128, area 0.2–1.0, grayscale 0.2, blur 0.5, flip 0.5, erasing 0.5.
-- ``flip_only`` (§3): the whole image resized to 256×128, flip 0.5.
+- ``moco_two_view``: 2 views 256×128, area 0.2–1.0, grayscale 0.2, blur 0.5, flip 0.5, erasing 0.5.
+- ``flip_only``: the whole image resized to 256×128, flip 0.5.
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def cion_multicrop(
     global_size: tuple[int, int] = (256, 128),
     local_size: tuple[int, int] = (128, 64),
 ) -> MultiCropSpec:
-    """CION's 2 global + ``num_local`` local views (METHODS.md §1b)."""
+    """CION's 2 global + ``num_local`` local views (docs/methods.md#cion)."""
     if num_local < 0:
         raise ValueError(f"cion_multicrop: num_local must be >= 0, got {num_local}")
     photometric = {"flip_p": 0.5, "color_jitter_p": 0.8, "grayscale_p": 0.2, "ratio": (0.4, 0.6)}
@@ -189,11 +189,11 @@ def moco_two_view(
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     color_jitter_p: float = 0.0,
 ) -> MultiCropSpec:
-    """The MoCo-v2 person recipe of METHODS.md §2.
+    """The MoCo-v2 person recipe (docs/methods.md#moco-v2-base-recipe).
 
-    Decided: the aspect range is MoCo-v2's default (3/4, 4/3) as §2 names no other, and colour jitter is
-    off by default because §2 lists only grayscale, blur, flip and erasing (pass ``color_jitter_p=0.8`` for
-    MoCo-v2's jitter).
+    Decided: the aspect range is MoCo-v2's default (3/4, 4/3) as the person recipe names no other, and colour
+    jitter is off by default because that recipe lists only grayscale, blur, flip and erasing (pass
+    ``color_jitter_p=0.8`` for MoCo-v2's jitter).
     """
     view = CropSpec(
         count=2,
@@ -211,7 +211,7 @@ def moco_two_view(
 
 
 def flip_only(size: tuple[int, int] = (256, 128)) -> MultiCropSpec:
-    """Selective contrastive learning's augmentation (METHODS.md §3): resize the whole crop, flip p=0.5."""
+    """Selective contrastive learning's augmentation (docs/methods.md): resize the whole crop, flip p=0.5."""
     return MultiCropSpec(name="flip", groups=(CropSpec(count=1, size=size, random_crop=False, flip_p=0.5),))
 
 

@@ -1,4 +1,4 @@
-"""Selective contrastive learning (METHODS.md §3): two-branch heads, sharded memory banks, the objective."""
+"""Selective contrastive learning (docs/methods.md): two-branch heads, sharded memory banks, the objective."""
 
 from reidscale.objectives.selective.banks import Anchors, SelectiveBanks
 from reidscale.objectives.selective.config import SelectiveConfig

@@ -1,9 +1,10 @@
-"""The three memory banks of selective contrastive learning, row-sharded over the ranks (METHODS.md §3).
+"""The three memory banks of selective contrastive learning, row-sharded over the ranks
+(docs/methods.md#selective-contrastive-learning).
 
 Storage on each rank (its block of rows, ``shards.size`` = n of the N training images):
 
 - ``selection`` [n, Dg + S·Dl]: the global bank G (columns ``[0, Dg)``) and the S local banks L_1..L_S
-  (``Dg + k·Dl`` onwards) side by side. METHODS.md writes L as S×N×Dl; the row-major [N, S·Dl] layout holds
+  (``Dg + k·Dl`` onwards) side by side. The method describes L as S×N×Dl; the row-major [N, S·Dl] layout holds
   the same numbers and makes the selection score ``λ_g·g·G_n + (1−λ_g)/S·Σ_k l_k·L_kn`` ONE inner product of
   the weighted query ``[λ_g·g | (1−λ_g)/S·l_1 | …]`` with a row, which the fused ``bank_topk`` kernels run
   without copying the bank (see ``reidscale.kernels.reference_topk`` for the distance ↔ score identity).

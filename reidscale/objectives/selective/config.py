@@ -1,4 +1,4 @@
-"""Hyper-parameters of selective contrastive learning (METHODS.md §3), defaults = the released code's.
+"""Hyper-parameters of selective contrastive learning (docs/methods.md), defaults = the released code's.
 
 Every choice the paper leaves open is a field here; its doc says what we decided.
 """

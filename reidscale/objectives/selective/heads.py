@@ -1,4 +1,4 @@
-"""The two-branch embedding network of selective contrastive learning (METHODS.md §3).
+"""The two-branch embedding network of selective contrastive learning (docs/methods.md).
 
 ::
 

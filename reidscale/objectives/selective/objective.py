@@ -1,4 +1,5 @@
-"""Selective contrastive learning (METHODS.md §3) as an engine :class:`~reidscale.objectives.base.Objective`.
+"""Selective contrastive learning (docs/methods.md#selective-contrastive-learning) as an engine
+:class:`~reidscale.objectives.base.Objective`.
 
 One step, on every rank (B anchors each, W ranks, Bg = W·B)::
 
