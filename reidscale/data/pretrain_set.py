@@ -27,8 +27,8 @@ from reidscale.data.crop_cache import CropCache, Progress, build_crop_cache
 from reidscale.data.decode.loader import BACKENDS
 from reidscale.data.manifests import MANIFEST_KINDS, load_manifest, manifest_options
 from reidscale.data.records import CropRecord, Manifest
-from reidscale.data.reid_images import IMAGENET_MEAN, IMAGENET_STD
 from reidscale.data.sampler import IdentitySampler
+from reidscale.data.views.spec import IMAGENET_MEAN, IMAGENET_STD
 from reidscale.utils.dist import get_rank, get_world_size
 from reidscale.utils.options import option
 

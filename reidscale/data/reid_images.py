@@ -24,11 +24,10 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from reidscale.data.sampler import IdentitySampler
+from reidscale.data.views.spec import IMAGENET_MEAN, IMAGENET_STD
 from reidscale.evaluation.datasets import ImageRecord, load_dataset
 from reidscale.utils.dist import get_rank, get_world_size
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 ERASING_SCALE: tuple[float, float] = (0.02, 0.4)
 ERASING_RATIO: tuple[float, float] = (0.3, 3.3)
 
