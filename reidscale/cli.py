@@ -14,6 +14,8 @@ from pathlib import Path
 
 from reidscale.config import Config, ConfigError, describe, load_config, write_run_record
 
+WEIGHTS_HELP = "backbone weights file, e.g. runs/<name>/backbone.pt (shorthand for --model.weights FILE)"
+
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None, help="YAML config file (see configs/)")
@@ -177,26 +179,28 @@ def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
-def _load_backbone(config: Config, weights: Path):
-    """``config.model``'s backbone loaded with the state_dict in ``weights`` (from finetune or export)."""
-    import torch
+def _with_weights(args: argparse.Namespace, overrides: list[str]) -> list[str]:
+    """``overrides`` with ``--weights FILE`` (the shorthand of extract and export) as ``model.weights``."""
+    return overrides if args.weights is None else [*overrides, "--model.weights", str(args.weights)]
 
+
+def _trained_backbone(config: Config, command: str):
+    """``config.model``'s backbone with ``model.weights`` loaded (ValueError when none is given)."""
     from reidscale.models.config import backbone_from_config
 
-    model = backbone_from_config(config.model)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"{weights}: not a state_dict of model {config.model.name!r}: {err}") from err
-    return model
+    if config.model.weights is None:
+        raise ValueError(
+            f"{command} needs trained weights: pass --weights FILE or set model.weights "
+            f"(e.g. --model.weights runs/<name>/backbone.pt)"
+        )
+    return backbone_from_config(config.model)
 
 
 def cmd_extract(args: argparse.Namespace, overrides: list[str]) -> int:
     from reidscale.evaluation.extract import extract_to_file
 
-    config = load_config(Config, args.config, overrides)
-    model = _load_backbone(config, args.weights)
+    config = load_config(Config, args.config, _with_weights(args, overrides))
+    model = _trained_backbone(config, "extract")
     cfg = config.finetune
     path = extract_to_file(
         model,
@@ -218,8 +222,8 @@ def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
 
     from reidscale.export import export_backbone
 
-    config = load_config(Config, args.config, overrides)
-    model = _load_backbone(config, args.weights)
+    config = load_config(Config, args.config, _with_weights(args, overrides))
+    model = _trained_backbone(config, "export")
     img_size = (config.finetune.image_height, config.finetune.image_width)
     report = export_backbone(model, args.out, img_size=img_size, **dataclasses.asdict(config.export))
     print(json.dumps({key: str(value) for key, value in report.items()}, indent=2))
@@ -295,13 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
         "extract", help="query/gallery features of finetune.dataset with trained weights"
     )
     _add_config_args(extract)
-    extract.add_argument("--weights", required=True, type=Path, help="backbone state_dict (backbone.pt)")
+    extract.add_argument("--weights", type=Path, default=None, help=WEIGHTS_HELP)
     extract.add_argument("--output", required=True, type=Path, help="features file to write (.pt or .npz)")
     extract.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     extract.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     export = sub.add_parser("export", help="plain backbone state_dict + ONNX (checked with onnxruntime)")
     _add_config_args(export)
-    export.add_argument("--weights", required=True, type=Path, help="backbone state_dict (backbone.pt)")
+    export.add_argument("--weights", type=Path, default=None, help=WEIGHTS_HELP)
     export.add_argument("--out", required=True, type=Path, help="output folder")
     for launched in (pretrain, finetune, extract, export):  # the deepspeed launcher appends --local_rank=N
         launched.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)

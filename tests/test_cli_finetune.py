@@ -102,7 +102,9 @@ def test_extract_rejects_weights_of_another_model(tmp_path: Path, market: Path) 
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 2 and "not a state_dict of model 'resnet18'" in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert f"model.weights: {weights}: the weights do not fit backbone 'resnet18'" in proc.stderr
+    assert "unexpected (1): conv.weight" in proc.stderr
 
 
 @pytest.mark.multiproc

@@ -5,12 +5,14 @@ or one plain process). The flow:
 
 1. the train split of ``finetune.dataset`` with the BoT augmentations and this rank's PK batches
    (P = ``finetune.ids_per_batch`` identities per GLOBAL batch, P / world size per rank, K images each);
-2. ``model.*`` builds the backbone (same seed on every rank), wrapped in the BNNeck objective;
+2. ``model.*`` builds the backbone (same seed on every rank; ``model.weights`` starts it from a weights
+   file, e.g. a pre-training run's ``backbone.pt``), wrapped in the BNNeck objective;
 3. the test split (query / gallery) is evaluated before training, every ``train.eval_every`` steps and
    at the end (mAP, R1/R5/R10, mINP to the trackers under ``eval/``);
 4. at the end rank 0 writes, in ``<run.output_dir>/<run.name>/``: ``backbone.pt`` (the plain state_dict of
-   the feature model, gathered under ZeRO-3), ``features.pt`` (the test features, the file
-   ``reidscale evaluate`` reads) and ``results.json`` (metrics before and after).
+   the feature model, i.e. the backbone, gathered under ZeRO-3) and ``backbone.safetensors`` (the same
+   tensors), ``features.pt`` (the test features, the file ``reidscale evaluate`` reads) and
+   ``results.json`` (metrics before and after).
 
 The micro-batch of the engine is derived: ``train.micro_batch`` = P / world × K, no gradient accumulation
 (the PK batch is the unit of triplet mining and of BatchNorm statistics).

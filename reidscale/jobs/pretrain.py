@@ -5,15 +5,18 @@ or one plain process). The flow:
 
 1. ``pretrain_data``: the training crops (videos + tracklets decoded by the data pipeline, or a Market-format
    folder), decoded once into a crop cache; each rank draws ``pretrain.batch_size / world`` images per step;
-2. ``model.*`` builds the backbone (same seed on every rank), ``scl.*`` the heads and the row-sharded
+2. ``model.*`` builds the backbone (same seed on every rank; ``model.weights`` continues from a weights
+   file, e.g. an earlier run's ``backbone.pt``), ``scl.*`` the heads (always fresh) and the row-sharded
    memory banks (each rank owns a block of rows), filled by one pass over the data (each rank its rows)
    unless a checkpoint is resumed;
 3. ``pretrain.eval_dataset`` at ``pretrain.eval_root`` (Market-format query/gallery) is evaluated before
    training, every ``pretrain.eval_every_epochs`` epochs and at the end (mAP, R1/R5/R10, mINP under
    ``eval/``);
-4. rank 0 writes, in ``<run.output_dir>/<run.name>/``: ``backbone.pt`` (the state_dict of the test-feature
-   model: backbone + heads), ``features.pt``, ``results.json`` ``{"steps", "before", "after", "eval"}``
-   (fractions) and ``rank_list.png`` (``eval.num_visualize`` queries).
+4. rank 0 writes, in ``<run.output_dir>/<run.name>/``: ``backbone.pt`` (the backbone's plain state_dict,
+   what ``create_backbone(model.name)`` loads and ``finetune`` / ``extract`` / ``export`` take as
+   ``model.weights``) and ``backbone.safetensors`` (the same tensors), ``heads.pt`` (the global and stripe
+   heads), ``features.pt``, ``results.json`` ``{"steps", "before", "after", "eval"}`` (fractions) and
+   ``rank_list.png`` (``eval.num_visualize`` queries).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from reidscale.config import Config, write_run_record
 from reidscale.engine.checkpoint import TAG_PATTERN
 from reidscale.engine.config import TrainConfig
 from reidscale.jobs.common import gathered_state_dict, split_metrics, write_run_outputs
+from reidscale.models.weights import split_prefix
 from reidscale.utils.dist import get_rank, get_world_size
 
 
@@ -165,7 +169,7 @@ def _train_and_report(
         evaluate(trainer.objective, result.steps_done)
     after = dict(evaluations[-1]) if evaluations else {}
     after.pop("step", None)
-    weights = gathered_state_dict(trainer.objective.feature_model())
+    weights, heads = split_prefix(gathered_state_dict(trainer.objective.net), "backbone.")
     if rank != 0:
         return PretrainSummary(run_dir, result.steps_done, before, after, {})
     results = {
@@ -175,7 +179,7 @@ def _train_and_report(
         "evaluations": evaluations,
         "protocol": {"camera_penalty": config.eval.camera_penalty, "rerank": config.eval.rerank.enabled},
     }
-    paths = write_run_outputs(run_dir, weights, last.get("features"), results, config.eval)
+    paths = write_run_outputs(run_dir, weights, last.get("features"), results, config.eval, heads)
     if "rank_list" in paths:
         tracker.log_image("eval/rank_list", paths["rank_list"], step=result.steps_done)
     return PretrainSummary(run_dir, result.steps_done, before, after, paths)

@@ -2,7 +2,8 @@
 
 Importing the package registers every family (see ``list_backbones()``). The function
 ``timm_backbone(model_name, ...)`` lives in ``reidscale.models.timm_backbone`` (not re-exported: it would
-shadow the module).
+shadow the module). ``load_backbone_weights(model, path)`` (``weights.py``) loads a weights file in one of
+the known layouts strictly; ``ModelConfig.weights`` makes ``backbone_from_config`` do it.
 """
 
 from reidscale.models.config import ModelConfig, backbone_from_config
@@ -16,6 +17,7 @@ from reidscale.models.registry import (
 )
 from reidscale.models.resnet import IBN, ResNet
 from reidscale.models.timm_backbone import TimmBackbone, register_timm_backbone
+from reidscale.models.weights import load_backbone_weights, register_weights_filter
 
 __all__ = [
     "IBN",
@@ -30,7 +32,9 @@ __all__ = [
     "build_pooling",
     "create_backbone",
     "list_backbones",
+    "load_backbone_weights",
     "register_backbone",
     "register_prefix",
     "register_timm_backbone",
+    "register_weights_filter",
 ]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from reidscale.models.registry import Backbone, create_backbone
+from reidscale.models.weights import load_backbone_weights
 from reidscale.utils.options import option
 
 
@@ -28,6 +29,12 @@ class ModelConfig:
     )
     gem_p: float = option(3.0, "initial (learnable) GeM exponent, used when pooling is gem")
     drop_path_rate: float = option(0.0, "stochastic depth rate of timm models (0 = off; ResNets take none)")
+    weights: str | None = option(
+        None,
+        "backbone weights to start from (.pt/.pth read without running pickled code, or .safetensors): "
+        "reidscale's backbone.pt, torchvision / IBN-Net ResNets, timm ImageNet weights, DINO-style "
+        "teacher/student checkpoints; loaded strictly; null = random initialisation",
+    )
 
 
 def backbone_kwargs(config: ModelConfig) -> dict[str, Any]:
@@ -47,7 +54,14 @@ def backbone_kwargs(config: ModelConfig) -> dict[str, Any]:
 
 
 def backbone_from_config(config: ModelConfig) -> Backbone:
-    """Build the backbone ``config`` describes (ValueError naming the option on a bad value)."""
+    """Build the backbone ``config`` describes and load ``config.weights`` into it when set (ValueError
+    naming the option on a bad value, or on a weights file that is missing, unreadable or does not fit)."""
     if len(config.img_size) != 2:
         raise ValueError(f"model.img_size must be [height, width], got {config.img_size!r}")
-    return create_backbone(config.name, **backbone_kwargs(config))
+    model = create_backbone(config.name, **backbone_kwargs(config))
+    if config.weights is not None:
+        try:
+            load_backbone_weights(model, config.weights, config.name)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"model.weights: {err}") from err
+    return model

@@ -4,6 +4,8 @@ Parameter names follow torchvision's ``ResNet`` (``conv1``, ``bn1``, ``layer1.0.
 ``layer4.2.downsample.0``) so its state_dicts load directly; in the IBN-a variants the first norm of every
 block of layer1–3 is an ``IBN`` module whose halves are named ``bn1.IN`` / ``bn1.BN`` as in the IBN-Net
 release (Pan et al. 2018). Strides sit on the 3×3 convolutions (ResNet v1.5, as torchvision and IBN-Net).
+Their ImageNet files load through ``model.weights`` once the classifier ``fc.*`` is dropped (the weights
+filter registered here).
 
 ``last_stride=1`` (the ReID default) keeps layer4 at the resolution of layer3: a 256×128 image gives a
 16×8 map instead of 8×4.
@@ -18,6 +20,7 @@ from torch import Tensor, nn
 
 from reidscale.models.pooling import build_pooling
 from reidscale.models.registry import Backbone, BackboneFactory, register_backbone
+from reidscale.models.weights import register_weights_filter, split_prefix
 
 
 def _conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
@@ -193,3 +196,9 @@ def _resnet_factory(arch: str, ibn: bool) -> BackboneFactory:
 for _arch in ARCHS:
     register_backbone(_arch)(_resnet_factory(_arch, ibn=False))
     register_backbone(f"{_arch}_ibn_a")(_resnet_factory(_arch, ibn=True))
+
+
+@register_weights_filter(ResNet)
+def drop_classifier(state: dict[str, Tensor], model: Backbone) -> dict[str, Tensor]:
+    """torchvision's / IBN-Net's ImageNet state_dict → ours: the classifier ``fc.*`` is dropped."""
+    return split_prefix(state, "fc.")[1]

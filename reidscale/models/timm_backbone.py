@@ -4,16 +4,23 @@ The pooled feature is timm's own (``forward_head(..., pre_logits=True)`` with ``
 average pooling for ViTs, global pooling plus any pre-logits layers for CNNs). Models whose constructor
 takes ``img_size`` (ViT, Swin, VOLO, ...) are built for the ReID size, so ``vit_small_patch16_224`` at
 256×128 has a 16×8 patch grid; convolutional models take any size and are built without it.
+
+timm's own state_dicts (its ImageNet weights) load through ``model.weights``: the weights filter registered
+here drops the classifier that ``pretrained_cfg["classifier"]`` names, passes the rest through the timm
+model module's ``checkpoint_filter_fn`` (which resamples ViT position embeddings, e.g. the 14×14 grid of
+224×224 to the 16×8 grid of 256×128) and adds the adapter's ``model.`` prefix.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor
 
 from reidscale.models.registry import Backbone, BackboneFactory, register_backbone, register_prefix
+from reidscale.models.weights import register_weights_filter, split_prefix
 
 
 def _create_timm_model(model_name: str, img_size: tuple[int, int], kwargs: dict[str, Any]) -> Any:
@@ -76,6 +83,25 @@ class TimmBackbone(Backbone):
     def pool_features(self, features: Tensor) -> Tensor:
         """Output of ``forward_features`` → [B, feature_dim] (timm's pre-logits feature)."""
         return self.model.forward_head(features, pre_logits=True)
+
+
+@register_weights_filter(TimmBackbone)
+def from_timm_state_dict(state: dict[str, Tensor], model: Backbone) -> dict[str, Tensor]:
+    """A state_dict of the timm model itself (no ``model.`` prefix) → the adapter's names (see the module
+    doc); the adapter's own files (every key under ``model.``) pass unchanged."""
+    if all(key.startswith("model.") for key in state):
+        return state
+    inner = model.model
+    classifier = (getattr(inner, "pretrained_cfg", None) or {}).get("classifier")
+    for name in (classifier,) if isinstance(classifier, str) else tuple(classifier or ()):
+        state = split_prefix(state, f"{name}.")[1]
+    timm_filter = getattr(sys.modules.get(type(inner).__module__), "checkpoint_filter_fn", None)
+    if timm_filter is not None:
+        try:
+            state = timm_filter(state, inner)
+        except Exception as err:
+            raise ValueError(f"timm's checkpoint_filter_fn for {type(inner).__name__} failed: {err}") from err
+    return {f"model.{key}": value for key, value in state.items()}
 
 
 def timm_backbone(model_name: str, img_size: Sequence[int] = (256, 128), **kwargs: Any) -> TimmBackbone:
