@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from reidscale.engine.ema import ema_update_
 from reidscale.objectives.base import Objective, StepOutput
 from tests.ports import free_port
+from tests.processes import run_command
 
 IN_DIM, HIDDEN, OUT_DIM = 6, 8, 3
 
@@ -29,9 +30,7 @@ TOY = Path(__file__).resolve()
 ROOT = TOY.parent.parent
 
 
-def launch(
-    scenario: str, out: Path, launcher: str = "torchrun", timeout: float = 300.0
-) -> subprocess.CompletedProcess:
+def launch(scenario: str, out: Path, launcher: str = "torchrun") -> subprocess.CompletedProcess:
     """Run the scenario on 2 CPU ranks with ``torchrun`` or ``deepspeed``; stdout and stderr merged."""
     bin_dir = Path(sys.executable).parent
     if launcher == "torchrun":
@@ -41,15 +40,7 @@ def launch(
     else:
         raise ValueError(f"launcher must be torchrun or deepspeed, got {launcher!r}")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [*command, str(TOY), scenario, str(out)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=timeout,
-    )
+    return run_command([*command, str(TOY), scenario, str(out)], env=env, cwd=ROOT, merge_stderr=True)
 
 
 class ToyObjective(Objective):

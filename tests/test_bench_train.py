@@ -12,6 +12,7 @@ from benchmarks import bench_train as bench
 from benchmarks.common import PROVENANCE_COLUMNS, append_rows
 from reidscale.models import create_backbone
 from reidscale.objectives.finetune import FinetuneObjective
+from tests.processes import HANG_GUARD_S
 
 pytestmark = pytest.mark.deepspeed
 
@@ -134,7 +135,7 @@ def test_defaults_are_the_target_models_at_256x128() -> None:
 @pytest.mark.multiproc
 def test_smoke_ddp_zero1_and_a_failing_stage(tmp_path) -> None:
     specs = bench.case_specs("resnet18", "fp32", [1, 4], **TINY)  # stage 4: the engine refuses it
-    rows = bench.run_cases(specs, timeout_s=120)
+    rows = bench.run_cases(specs, timeout_s=HANG_GUARD_S)
     ddp, zero1, zero4 = rows
     assert [row["case"] for row in rows] == ["ddp", "zero1", "zero4"]
     assert ddp["status"] == "ok" and zero1["status"] == "ok", (ddp["status"], zero1["status"])

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.processes import run_command
 from tests.tiny_market import write_tiny_market
 
 pytestmark = pytest.mark.deepspeed
@@ -51,9 +52,8 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "reidscale", *args]
 
 
-def _run(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    proc = run_command(args, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
 
@@ -93,14 +93,10 @@ def test_extract_rejects_weights_of_another_model(tmp_path: Path, market: Path) 
     config = _config(tmp_path, market, "wrong")
     weights = tmp_path / "other.pt"
     torch.save({"conv.weight": torch.zeros(1)}, weights)
-    proc = subprocess.run(
+    proc = run_command(
         _cli(
             "extract", "--config", str(config), "--weights", str(weights), "--output", str(tmp_path / "f.pt")
-        ),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
+        )
     )
     assert proc.returncode == 2, proc.stderr
     assert f"model.weights: {weights}: the weights do not fit backbone 'resnet18'" in proc.stderr

@@ -26,6 +26,7 @@ from reidscale.data.synth import build_corpus
 from reidscale.jobs.common import split_metrics
 from reidscale.models import backbone_from_config, create_backbone
 from reidscale.objectives.selective.heads import SelectiveFeatures, SelectiveNet
+from tests.processes import run_command
 from tests.test_cli_finetune import _config as finetune_config
 
 pytestmark = pytest.mark.deepspeed
@@ -61,9 +62,9 @@ eval: {{num_visualize: 2}}
     return path
 
 
-def _run(args: list[str], timeout: int = 400) -> subprocess.CompletedProcess:
+def _run(args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = run_command(args, env=env)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
 
@@ -281,7 +282,5 @@ def test_pretrain_rejects_bad_settings(tmp_path: Path, corpus: Path) -> None:
         derived_train_config(config, 1, steps_per_epoch=5)
     config_path = tmp_path / "checks.yaml"
     command = [sys.executable, "-m", "reidscale", "pretrain", "--config", str(config_path)]
-    proc = subprocess.run(
-        [*command, "--scl.num_negatives=0"], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    proc = run_command([*command, "--scl.num_negatives=0"])
     assert proc.returncode == 2 and "scl.num_negatives must be >= 1" in proc.stderr, proc.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from reidscale.evaluation.datasets import ReidDataset, load_dataset
 from reidscale.evaluation.evaluator import evaluate_feature_set
 from reidscale.evaluation.extract import extract_features, extract_to_file
 from reidscale.evaluation.features import load_feature_file
+from tests.processes import run_command
 from tests.tiny_market import TinyBackbone, write_tiny_market
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,7 +107,7 @@ def test_written_file_is_accepted_by_reidscale_evaluate(market_root, model, tmp_
     output = tmp_path / "eval" / "results.json"
     command = [sys.executable, "-m", "reidscale", "evaluate", "--features", str(feature_file)]
     command += ["--output", str(output), "--tracking.backends", '["jsonl"]', "--eval.device", "cpu"]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = run_command(command, cwd=REPO)
     assert done.returncode == 0, done.stderr
     results = json.loads(output.read_text())
     assert results["mAP"] == pytest.approx(expected.mAP, abs=1e-6)

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.ports import free_port
+from tests.processes import run_command
 
 pytestmark = pytest.mark.deepspeed
 
@@ -54,24 +54,9 @@ def launch_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run(argv: list[str], env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
-    """Run a launcher in its own process group; on timeout kill the whole group (launcher and ranks)."""
-    proc = subprocess.Popen(
-        argv,
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"{shlex.join(argv)} timed out after {timeout} s\n{stdout[-2000:]}\n{stderr[-2000:]}")
-    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+def run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run a launcher in its own process group and wait for it (and its ranks) to exit."""
+    return run_command(argv, env=env, cwd=REPO)
 
 
 def world_reports(stdout: str) -> list[dict]:
@@ -263,7 +248,7 @@ def fake_slurm_env(tmp_path: Path, run_tasks: bool, **extra: str) -> dict[str, s
 
 def test_sbatch_exports_master_from_scontrol_and_runs_srun(tmp_path: Path) -> None:
     env = fake_slurm_env(tmp_path, run_tasks=False)
-    result = run(["bash", str(SBATCH), "-m", "reidscale", "finetune", "--config", "c.yaml"], env, timeout=30)
+    result = run(["bash", str(SBATCH), "-m", "reidscale", "finetune", "--config", "c.yaml"], env)
     assert result.returncode == 0, result.stderr
     # first host of the node list; port 20000 + 12345 % 20000; threads = SLURM_CPUS_PER_TASK
     expected = f"localhost 32345 3 WARN | {sys.executable} -u -m reidscale finetune --config c.yaml"
@@ -271,7 +256,7 @@ def test_sbatch_exports_master_from_scontrol_and_runs_srun(tmp_path: Path) -> No
 
 
 def test_sbatch_without_arguments_prints_usage(tmp_path: Path) -> None:
-    result = run(["bash", str(SBATCH)], fake_slurm_env(tmp_path, run_tasks=False), timeout=30)
+    result = run(["bash", str(SBATCH)], fake_slurm_env(tmp_path, run_tasks=False))
     assert result.returncode == 2 and "usage: sbatch" in result.stderr
 
 

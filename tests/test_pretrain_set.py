@@ -35,6 +35,7 @@ from reidscale.data.records import WHOLE_IMAGE, CropRecord, Manifest
 from reidscale.data.reid_images import IMAGENET_MEAN, IMAGENET_STD
 from reidscale.data.synth import build_corpus
 from tests.ports import free_port
+from tests.processes import HANG_GUARD_S
 
 SIZE = (64, 32)  # small crops keep the decoding tests fast
 #: as in test_data_pipeline: DALI and PyAV differ only in YUV→RGB conversion and resampling rounding
@@ -238,7 +239,7 @@ def test_two_ranks_in_a_process_group_build_once_and_read_the_same_crops(
     for process in ranks:
         process.start()
     for process in ranks:
-        process.join(timeout=120)
+        process.join(timeout=HANG_GUARD_S)  # a guard against a hang, not a clock on the outcome
     assert [process.exitcode for process in ranks] == [0, 0]
     built, opened = np.load(tmp_path / "rank0_built.npy"), np.load(tmp_path / "rank1_opened.npy")
     assert built.shape == (8, *SIZE, 3) and np.array_equal(built, opened)

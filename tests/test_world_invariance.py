@@ -12,7 +12,6 @@ estimates of the same statistics that differ with the world size (rank 0's are t
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 import torch
 
 from tests.ports import free_port
+from tests.processes import run_command
 from tests.world_invariance import STAGES
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.deepspeed]
@@ -45,7 +45,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ],
     ]
     for command in commands:
-        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        done = run_command(command, env=env)
         assert done.returncode == 0, f"{command[0]} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return out
 
