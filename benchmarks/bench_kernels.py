@@ -1,4 +1,5 @@
-"""Benchmark: memory-bank top-k (``bank_topk``) and the whole-bank contrastive loss against plain torch.
+"""Benchmark: memory-bank top-k (``bank_topk``), the whole-bank contrastive loss and the bank update against
+plain torch.
 
 Top-k backends (``TOPK_BACKENDS``: name → module-level setup function; a backend that cannot run here is
 reported as "not run (reason)" and writes no row):
@@ -15,12 +16,6 @@ Loss: ``bank_contrastive_loss_full`` (``bank_chunk=LOSS_BANK_CHUNK``) and, on CU
 one-pass kernel, forward + backward against a dense torch reference (the B×N logits, ``log_softmax``,
 autograd), P=4 positives per query, temperature 0.1.
 
-Shapes (the sizes the kernels target); N is the bank size. ``--scale full`` runs the target N; ``--scale cpu``
-divides N by the per-shape divisor below so that the whole CPU run takes ~4 minutes on 2 cores. Every row
-carries ``n_issue`` (the target N), ``n_run``, ``n_divisor`` and ``reduced``: a reduced row is never the
-target shape.
-
-====================  =====  =====  ===========  ====  ===========
 shape                 B      D      N (target)   k     cpu divisor
 ====================  =====  =====  ===========  ====  ===========
 b1024_d256_n1M        1024   256    1,000,000    256   32
@@ -28,29 +23,44 @@ b4096_d2048_n4M       4096   2048   4,000,000    1024  256
 b256_d128_n10M        256    128    10,000,000   64    64
 selective_market      64     4096   12,936       507   1
 ====================  =====  =====  ===========  ====  ===========
+=======
+Bank update (``bank_update``, B distinct rows, momentum 0.5, renormalised): ``reference`` (the baseline, the
+torch definition) and ``triton`` (CUDA tensors). Each timed call updates the same rows again; agreement is
+checked apart, one call of each backend from the same start, max |Δ| against the reference.
 
-``selective_market`` is the selective-contrastive case: N = 12,936 = the Market-1501 training set ("13k").
-A shape whose inputs do not fit the free memory (bank + faiss copy + scores) is skipped with a message.
-Loss shapes: ``loss_b256_d256_n65536``, ``loss_b1024_d256_n131072`` and ``loss_selective_market``
-(B=64, D=4096, N=12,936); none is reduced.
+Shapes: ``benchmarks/kernel_shapes.py`` (the table, the target N and the CPU divisors). ``--scale full``
+runs the target N, ``--scale cpu`` divides it. Every row carries ``n_issue`` (the target N), ``n_run``,
+``n_divisor`` and ``reduced``: a reduced row is never the target shape. A shape whose inputs do not fit
+the free memory (bank + faiss copy + scores) is skipped with a message. Inputs are drawn with a generator
+on the device (the CPU's, or the GPU's with ``--device cuda``), so every process of one run sees the same
+numbers.
+
+Timing (``benchmarks/common.py``: ``time_calls``): ``--warmup`` calls first, the first of them timed apart
+(``first_call_s``: Triton compilation, CUDA extension loading, allocator warm-up), then ``--repeats`` (≥ 5)
+timed calls, each with CUDA events on a GPU or ``perf_counter`` on the CPU; the rows give the median, the
+interquartile range (``seconds_iqr``), the minimum and maximum. Results stay on the device during the timed
+calls and are copied to the host afterwards.
 
 Roofline (same run, same device): the "peak" FLOP/s is the achieved FLOP/s of a large matmul
 (``ROOFLINE_MATMUL`` square, fp32 on CPU, bf16 on CUDA) and the bandwidth is a large tensor copy's
 (read + write bytes) / time, each measured before and after the cases, the higher kept (the box may be
 shared; a pct_roofline above 100 means the peak was measured under load). For top-k, roofline time =
 max(2·B·N·D / peak, N·D·bytes / bandwidth); for the loss, max(4·B·N·D / peak, 2·N·D·bytes / bandwidth)
-(forward product + backward softmax·M product, the bank read once per pass).
+(forward product + backward softmax·M product, the bank read once per pass); for the update,
+max(6·B·D / peak, 3·B·D·bytes / bandwidth) (B rows and B features read, B rows written).
 ``pct_roofline`` = roofline time / measured median time × 100.
 
 Agreement (same run): every top-k backend is compared with ``mm+topk`` position by position. A position
 whose index differs counts as ``untied`` when the float64 scores of the two indices differ by more than
 ``score_tolerance(D)`` = 2·D·2⁻²⁴ (twice the worst-case fp32 dot-product rounding for unit rows): only
 near-ties may swap. ``max_score_diff`` is the largest |score difference| over all positions. The loss
-reports |loss difference| and the largest gradient difference relative to the largest gradient entry.
+reports |loss difference| and the largest gradient difference relative to the largest gradient entry;
+the update the largest |bank difference| (``bank_max_abs_diff``) against one ulp-scale bound per dtype.
 
 Peak extra memory: each case runs in a fresh process (``benchmarks/common.py``, method in every row).
 
     python benchmarks/bench_kernels.py --scale cpu
+    python benchmarks/bench_kernels.py --scale cpu --shapes selective_market --repeats 5 --warmup 1
     python benchmarks/bench_kernels.py --scale full --device cuda --shapes b1024_d256_n1M,selective_market
 """
 
@@ -69,44 +79,26 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: `benchmarks` imports
 from benchmarks.common import Measurement, append_rows, measure_isolated, provenance, results_path, run_timed
+from benchmarks.kernel_shapes import SHAPES, Shape
 from reidscale.kernels.reference import bank_contrastive_loss_full
 from reidscale.kernels.reference import bank_topk as reference_bank_topk
+from reidscale.kernels.reference import bank_update as reference_bank_update
 
 SEED = 0
 TEMPERATURE = 0.1
 NUM_POSITIVES = 4
 LOSS_BANK_CHUNK = 8192
+UPDATE_MOMENTUM = 0.5
+#: largest |bank difference| the update may show against the reference, per bank dtype (as the GPU tests)
+UPDATE_TOLERANCE = {"float32": 1e-6, "bfloat16": 2.0**-8, "float16": 2.0**-11}
+MIN_REPEATS = 5
 ROOFLINE_MATMUL = 4096
 ROOFLINE_COPY_BYTES = 512 * 2**20
 SCORE_BYTES = 4  # fp32 scores
+#: the ``op`` column of each shape op
+OP_NAMES = {"topk": "topk", "loss": "loss_fwd_bwd", "update": "bank_update"}
 #: feature dtypes of ``--dtype``
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass(frozen=True)
-class Shape:
-    """One benchmark shape: ``op`` is "topk" or "loss"; ``k`` is unused (0) for the loss."""
-
-    op: str
-    batch: int
-    dim: int
-    n_issue: int
-    k: int
-    cpu_divisor: int
-
-    def n_run(self, scale: str) -> int:
-        return self.n_issue if scale == "full" else max(1, self.n_issue // self.cpu_divisor)
-
-
-SHAPES: dict[str, Shape] = {
-    "b1024_d256_n1M": Shape("topk", 1024, 256, 1_000_000, 256, 32),
-    "b4096_d2048_n4M": Shape("topk", 4096, 2048, 4_000_000, 1024, 256),
-    "b256_d128_n10M": Shape("topk", 256, 128, 10_000_000, 64, 64),
-    "selective_market": Shape("topk", 64, 4096, 12_936, 507, 1),
-    "loss_b256_d256_n65536": Shape("loss", 256, 256, 65_536, 0, 1),
-    "loss_b1024_d256_n131072": Shape("loss", 1024, 256, 131_072, 0, 1),
-    "loss_selective_market": Shape("loss", 64, 4096, 12_936, 0, 1),
-}
 
 
 @dataclass(frozen=True)
@@ -129,15 +121,19 @@ class CaseSpec:
 def make_inputs(
     batch: int, dim: int, n_rows: int, device: str, dtype: str = "float32"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-normalised random (queries [B, D], bank [N, D]) in ``dtype``, identical in every process."""
+    """L2-normalised random (queries [B, D], bank [N, D]) in ``dtype``, identical in every process.
+
+    Drawn on ``device``'s own generator (a 4M × 2048 bank takes seconds on a GPU, minutes on a CPU), so a
+    CUDA run and a CPU run see different numbers; every process on one kind of device sees the same.
+    """
     if min(batch, dim, n_rows) < 1:
         raise ValueError(f"batch, dim and n_rows must be >= 1, got {batch}, {dim}, {n_rows}")
-    generator = torch.Generator().manual_seed(SEED)
-    queries = torch.randn(batch, dim, generator=generator)
-    bank = torch.randn(n_rows, dim, generator=generator)
+    generator = torch.Generator(device).manual_seed(SEED)
+    queries = torch.randn(batch, dim, generator=generator, device=device)
+    bank = torch.randn(n_rows, dim, generator=generator, device=device)
     queries.div_(queries.norm(dim=1, keepdim=True))
     bank.div_(bank.norm(dim=1, keepdim=True))
-    return queries.to(device, DTYPES[dtype]), bank.to(device, DTYPES[dtype])
+    return queries.to(DTYPES[dtype]), bank.to(DTYPES[dtype])
 
 
 def make_positives(batch: int, n_rows: int, device: str) -> torch.Tensor:
@@ -147,6 +143,14 @@ def make_positives(batch: int, n_rows: int, device: str) -> torch.Tensor:
     offsets = torch.randint(0, n_rows, (batch, 1), generator=generator)
     spread = torch.arange(count)[None, :] * (n_rows // count)
     return ((offsets + spread) % n_rows).to(device)
+
+
+def make_update_rows(batch: int, n_rows: int, device: str) -> torch.Tensor:
+    """[B] distinct random bank rows (B ≤ N), the rows one update writes."""
+    if batch > n_rows:
+        raise ValueError(f"the update needs B <= N distinct rows, got B = {batch}, N = {n_rows}")
+    generator = torch.Generator().manual_seed(SEED + 2)
+    return torch.randperm(n_rows, generator=generator)[:batch].to(device)
 
 
 # ------------------------------------------------------------------------------------ top-k backends
@@ -176,12 +180,12 @@ def mm_chunk_rows(batch: int, n_rows: int, k: int, budget_mb: int) -> int:
 def setup_mm_topk(case: CaseSpec) -> Callable[[], Any]:
     queries, bank = case.inputs()
     chunk = mm_chunk_rows(case.shape.batch, case.n_rows, case.shape.k, case.budget_mb)
-    return lambda: tuple(t.cpu() for t in mm_topk(queries, bank, case.shape.k, chunk))
+    return lambda: mm_topk(queries, bank, case.shape.k, chunk)
 
 
 def setup_reference(case: CaseSpec) -> Callable[[], Any]:
     queries, bank = case.inputs()
-    return lambda: tuple(t.cpu() for t in reference_bank_topk(queries, bank, case.shape.k))
+    return lambda: reference_bank_topk(queries, bank, case.shape.k)
 
 
 def _faiss_gpu(faiss_module: Any, device: str) -> bool:
@@ -192,13 +196,13 @@ def _faiss_gpu(faiss_module: Any, device: str) -> bool:
 def setup_faiss(case: CaseSpec) -> Callable[[], Any]:
     import faiss
 
-    queries, bank = case.inputs("cpu")
+    queries, bank = (t.float().cpu() for t in case.inputs())
     index = faiss.IndexFlatIP(case.shape.dim)
-    index.add(bank.float().numpy())
+    index.add(bank.numpy())
     del bank
     if _faiss_gpu(faiss, case.device):
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-    query_array = queries.float().numpy()
+    query_array = queries.numpy()  # faiss takes and returns host arrays (a GPU index copies inside search)
 
     def run() -> tuple[torch.Tensor, torch.Tensor]:
         scores, ids = index.search(query_array, case.shape.k)
@@ -211,14 +215,14 @@ def setup_triton_topk(case: CaseSpec) -> Callable[[], Any]:
     from reidscale.kernels.triton import triton_bank_topk
 
     queries, bank = case.inputs()
-    return lambda: tuple(t.cpu() for t in triton_bank_topk(queries, bank, case.shape.k))
+    return lambda: triton_bank_topk(queries, bank, case.shape.k)
 
 
 def setup_cuda_topk(case: CaseSpec) -> Callable[[], Any]:
     from reidscale.kernels.cuda import cuda_bank_topk
 
     queries, bank = case.inputs()
-    return lambda: tuple(t.cpu() for t in cuda_bank_topk(queries, bank, case.shape.k))
+    return lambda: cuda_bank_topk(queries, bank, case.shape.k)
 
 
 #: name → setup(case) returning the timed callable; "mm+topk" is the baseline.
@@ -248,14 +252,21 @@ def _why_not_kernel(name: str, case: CaseSpec) -> str | None:
         return None
     if not case.device.startswith("cuda"):
         return f"the {name} kernel runs on CUDA tensors (--device {case.device})"
-    from reidscale.kernels.dispatch import TRITON_TOPK_MAX_K, backend_status
+    from reidscale.kernels.dispatch import TRITON_TOPK_MAX_K, TRITON_UPDATE_MAX_D, backend_status
 
     usable, reason = backend_status(name)
     if not usable:
         return reason
     if name == "triton" and case.shape.op == "topk" and case.shape.k > TRITON_TOPK_MAX_K:
         return f"k = {case.shape.k} > {TRITON_TOPK_MAX_K} (the Triton kernel would run the torch reference)"
+    if name == "triton" and case.shape.op == "update" and case.shape.dim > TRITON_UPDATE_MAX_D:
+        return f"D = {case.shape.dim} > {TRITON_UPDATE_MAX_D} (a row is held on chip)"
     return None
+
+
+def why_not_backend(name: str, case: CaseSpec) -> str | None:
+    """None if backend ``name`` of the case's op can run ``case`` here, else the reason."""
+    return why_not_topk_backend(name, case) if case.shape.op == "topk" else _why_not_kernel(name, case)
 
 
 # ------------------------------------------------------------------------------------------ loss cases
@@ -271,11 +282,11 @@ def _loss_case(loss_fn: Callable[..., torch.Tensor], case: CaseSpec) -> Callable
     queries, bank = case.inputs()
     positives = make_positives(case.shape.batch, case.n_rows, case.device)
 
-    def run() -> tuple[float, torch.Tensor]:
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
         leaf = queries.clone().requires_grad_(True)
         loss = loss_fn(leaf, bank, positives)
         loss.backward()
-        return float(loss.detach()), leaf.grad.float().cpu()
+        return loss.detach(), leaf.grad
 
     return run
 
@@ -311,6 +322,70 @@ LOSS_BACKENDS: dict[str, Callable[[CaseSpec], Callable[[], Any]]] = {
     "reference": setup_loss_reference,
     "triton": setup_loss_triton,
 }
+
+
+# ------------------------------------------------------------------------------------------ bank update
+
+
+def _triton_update(
+    bank: torch.Tensor, indices: torch.Tensor, features: torch.Tensor, momentum: float
+) -> None:
+    from reidscale.kernels.triton import triton_bank_update
+
+    triton_bank_update(bank, indices, features, momentum, True)
+
+
+#: name → bank_update(bank, indices, features, momentum) in place; "reference" is the baseline.
+UPDATE_FUNCTIONS: dict[str, Callable[..., None]] = {
+    "reference": reference_bank_update,
+    "triton": _triton_update,
+}
+
+
+def _update_case(backend: str, case: CaseSpec) -> Callable[[], Any]:
+    features, bank = case.inputs()
+    indices = make_update_rows(case.shape.batch, case.n_rows, case.device)
+    update = UPDATE_FUNCTIONS[backend]
+    return lambda: update(bank, indices, features, UPDATE_MOMENTUM)
+
+
+def setup_update_reference(case: CaseSpec) -> Callable[[], Any]:
+    return _update_case("reference", case)
+
+
+def setup_update_triton(case: CaseSpec) -> Callable[[], Any]:
+    return _update_case("triton", case)
+
+
+#: bank_update backends, same contract as TOPK_BACKENDS (the timed call returns None); "reference" first.
+UPDATE_BACKENDS: dict[str, Callable[[CaseSpec], Callable[[], Any]]] = {
+    "reference": setup_update_reference,
+    "triton": setup_update_triton,
+}
+
+#: op → its backends, the baseline first
+BACKENDS_OF: dict[str, dict[str, Callable[[CaseSpec], Callable[[], Any]]]] = {
+    "topk": TOPK_BACKENDS,
+    "loss": LOSS_BACKENDS,
+    "update": UPDATE_BACKENDS,
+}
+
+
+def update_agreement(case: CaseSpec, backend: str) -> dict[str, Any]:
+    """One update by ``backend`` and one by the reference from the same bank: max |Δ| within the dtype's
+    tolerance (:data:`UPDATE_TOLERANCE`)."""
+    features, bank = case.inputs()
+    indices = make_update_rows(case.shape.batch, case.n_rows, case.device)
+    want = bank.clone()
+    UPDATE_FUNCTIONS["reference"](want, indices, features, UPDATE_MOMENTUM)
+    UPDATE_FUNCTIONS[backend](bank, indices, features, UPDATE_MOMENTUM)
+    diff = float((bank.double() - want.double()).abs().max())
+    tol = UPDATE_TOLERANCE[case.dtype]
+    return {
+        "bank_max_abs_diff": f"{diff:.3e}",
+        "tolerance": f"{tol:.3e}",
+        "agree": "yes" if diff <= tol else "NO",
+    }
 
 
 # --------------------------------------------------------------------------------------------- roofline
@@ -421,8 +496,10 @@ def topk_agreement(
     }
 
 
-def loss_agreement(base: tuple[float, torch.Tensor], other: tuple[float, torch.Tensor]) -> dict[str, Any]:
-    """|loss difference| and max |grad difference| / max |grad| against the dense baseline."""
+def loss_agreement(base: tuple[Any, torch.Tensor], other: tuple[Any, torch.Tensor]) -> dict[str, Any]:
+    """|loss difference| and max |grad difference| / max |grad| against the dense baseline; each side is
+    (loss, dL/dq [B, D]), the loss a float or a 0-d tensor."""
+    base, other = (float(base[0]), base[1].float()), (float(other[0]), other[1].float().to(base[1].device))
     loss_diff = abs(base[0] - other[0])
     grad_diff = float((base[1] - other[1]).abs().max() / base[1].abs().max().clamp(min=1e-30))
     tol = 1e-4
@@ -452,6 +529,8 @@ def needed_bytes(shape: Shape, n_rows: int, budget_mb: int) -> int:
     bank = n_rows * shape.dim * SCORE_BYTES
     if shape.op == "loss":
         return bank + 4 * shape.batch * n_rows * SCORE_BYTES
+    if shape.op == "update":
+        return 2 * bank + 4 * shape.batch * shape.dim * SCORE_BYTES  # bank + the agreement copy, rows
     sort_work = 4 * shape.batch * (shape.k + 8192) * 12
     return 2 * bank + budget_mb * 2**20 + sort_work
 
@@ -460,7 +539,7 @@ def shape_fields(name: str, shape: Shape, args: argparse.Namespace) -> dict[str,
     n_run = shape.n_run(args.scale)
     divisor = shape.n_issue / n_run
     return {
-        "op": "topk" if shape.op == "topk" else "loss_fwd_bwd",
+        "op": OP_NAMES[shape.op],
         "shape": name,
         "scale": args.scale,
         "batch": shape.batch,
@@ -470,7 +549,7 @@ def shape_fields(name: str, shape: Shape, args: argparse.Namespace) -> dict[str,
         "n_divisor": f"{divisor:g}",
         "reduced": f"yes (N = n_issue / {divisor:g})" if n_run != shape.n_issue else "no",
         "k": shape.k if shape.op == "topk" else "",
-        "positives": "" if shape.op == "topk" else min(NUM_POSITIVES, n_run),
+        "positives": min(NUM_POSITIVES, n_run) if shape.op == "loss" else "",
         "dtype": args.dtype,
         "device_arg": args.device,
         "torch_threads": torch.get_num_threads(),
@@ -481,6 +560,8 @@ def shape_fields(name: str, shape: Shape, args: argparse.Namespace) -> dict[str,
 def chunk_rows(shape: Shape, backend: str, n_rows: int, budget_mb: int) -> str:
     from reidscale.kernels.reference_topk import DEFAULT_BANK_CHUNK
 
+    if shape.op == "update":
+        return ""
     if shape.op == "loss":
         return str(n_rows if backend == "dense" else min(LOSS_BANK_CHUNK, n_rows))
     if backend == "mm+topk":
@@ -489,10 +570,16 @@ def chunk_rows(shape: Shape, backend: str, n_rows: int, budget_mb: int) -> str:
 
 
 def timing_fields(measured: Measurement, baseline: Measurement) -> dict[str, Any]:
+    stats = measured.stats
     return {
         "repeats": len(measured.seconds),
-        "seconds_median": f"{measured.median_seconds:.4f}",
-        "seconds_min": f"{min(measured.seconds):.4f}",
+        "seconds_median": f"{stats.median:.4g}",
+        "seconds_min": f"{min(stats.seconds):.4g}",
+        "seconds_max": f"{max(stats.seconds):.4g}",
+        "seconds_iqr": f"{stats.iqr:.3g}",
+        "warmup": measured.warmup,
+        "first_call_s": "" if stats.first_call is None else f"{stats.first_call:.4g}",
+        "timer": measured.timer,
         "peak_extra_mb": f"{measured.peak_bytes / 2**20:.1f}",
         "memory_method": measured.memory_method,
         "speedup_vs_baseline": f"{baseline.median_seconds / measured.median_seconds:.2f}",
@@ -500,12 +587,20 @@ def timing_fields(measured: Measurement, baseline: Measurement) -> dict[str, Any
     }
 
 
+def work(op: str, batch: int, dim: int, n_rows: int, dtype: str) -> tuple[int, int]:
+    """(floating-point operations, fewest bytes moved) of one call of a shape ``op`` (module docstring)."""
+    itemsize = DTYPES[dtype].itemsize
+    if op == "update":
+        return 6 * batch * dim, 3 * batch * dim * itemsize
+    passes = 1 if op == "topk" else 2
+    return 2 * passes * batch * n_rows * dim, passes * n_rows * dim * itemsize
+
+
 def roofline_fields(row: dict[str, Any], roofline: Roofline) -> dict[str, Any]:
-    """Roofline columns of a row (uses its op, batch, dim, n_run and seconds_median)."""
-    passes = 1 if row["op"] == "topk" else 2
-    bank_bytes = row["n_run"] * row["dim"] * DTYPES[row["dtype"]].itemsize
-    flops = 2 * passes * row["batch"] * row["n_run"] * row["dim"]
-    roof_seconds, bound = roofline.seconds(flops, passes * bank_bytes)
+    """Roofline columns of a row (uses its shape, batch, dim, n_run, dtype and seconds_median)."""
+    op = SHAPES[row["shape"]].op
+    flops, bytes_moved = work(op, row["batch"], row["dim"], row["n_run"], row["dtype"])
+    roof_seconds, bound = roofline.seconds(flops, bytes_moved)
     return {
         "flops": flops,
         "roofline_seconds": f"{roof_seconds:.4f}",
@@ -517,19 +612,31 @@ def roofline_fields(row: dict[str, Any], roofline: Roofline) -> dict[str, Any]:
     }
 
 
-NOT_APPLICABLE = {
-    "topk": {"loss_abs_diff": "", "grad_rel_diff": ""},
-    "loss": {"idx_match_frac": "", "untied_mismatches": "", "max_score_diff": ""},
-}
 AGREEMENT_ORDER = (
     "idx_match_frac",
     "untied_mismatches",
     "max_score_diff",
     "loss_abs_diff",
     "grad_rel_diff",
+    "bank_max_abs_diff",
     "tolerance",
     "agree",
 )
+
+
+def agreement(case: CaseSpec, backend: str, base: Any, other: Any) -> dict[str, Any]:
+    """Every :data:`AGREEMENT_ORDER` column of ``backend``'s result against the baseline's (results on the
+    host or on the case's device; top-k and loss compared on the device, the update re-run there)."""
+    device = case.device
+    if case.shape.op == "topk":
+        queries, bank = case.inputs()
+        base, other = [tuple(t.to(device) for t in result) for result in (base, other)]
+        found = topk_agreement(queries, bank, base, other, case.dtype)
+    elif case.shape.op == "loss":
+        found = loss_agreement(base, other)
+    else:
+        found = update_agreement(case, backend)
+    return {column: found.get(column, "") for column in AGREEMENT_ORDER}
 
 
 def run_shape(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -541,25 +648,22 @@ def run_shape(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         print(f"[{name}] SKIPPED: needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free", flush=True)
         return []
     case = CaseSpec(shape, n_rows, args.device, args.mm_budget_mb, args.dtype)
-    backends = TOPK_BACKENDS if shape.op == "topk" else LOSS_BACKENDS
+    backends = BACKENDS_OF[shape.op]
     cuda = args.device.startswith("cuda")
     measured: dict[str, Measurement] = {}
     for backend, setup in backends.items():
-        reason = why_not_topk_backend(backend, case) if shape.op == "topk" else _why_not_kernel(backend, case)
+        reason = why_not_backend(backend, case)
         if reason is not None:
             print(f"[{name}] {backend}: not run ({reason})", flush=True)
             continue
-        print(f"[{name}] {backend}: N={n_rows}, {args.repeats} repeat(s) ...", flush=True)
-        measured[backend] = measure_isolated(setup, (case,), args.repeats, cuda)
+        print(f"[{name}] {backend}: N={n_rows}, {args.warmup} warm-up + {args.repeats} timed ...", flush=True)
+        measured[backend] = measure_isolated(setup, (case,), args.repeats, cuda, args.warmup)
     base_name = next(iter(backends))
-    queries, bank = case.inputs("cpu")
+    if base_name not in measured:
+        print(f"[{name}] the baseline {base_name} did not run: no rows", flush=True)
+        return []
     rows = []
     for backend, result in measured.items():
-        if shape.op == "topk":
-            agreement = topk_agreement(queries, bank, measured[base_name].result, result.result, args.dtype)
-        else:
-            agreement = loss_agreement(measured[base_name].result, result.result)
-        agreement = {**agreement, **NOT_APPLICABLE[shape.op]}
         rows.append(
             {
                 **shape_fields(name, shape, args),
@@ -567,7 +671,7 @@ def run_shape(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                 "baseline": base_name,
                 "chunk_rows": chunk_rows(shape, backend, n_rows, args.mm_budget_mb),
                 **timing_fields(result, measured[base_name]),
-                **{key: agreement[key] for key in AGREEMENT_ORDER},
+                **agreement(case, backend, measured[base_name].result, result.result),
             }
         )
     return rows
@@ -591,6 +695,8 @@ TABLE_COLUMNS = (
     "reduced",
     "backend",
     "seconds_median",
+    "seconds_iqr",
+    "first_call_s",
     "peak_extra_mb",
     "speedup_vs_baseline",
     "mem_ratio_vs_baseline",
@@ -601,6 +707,7 @@ TABLE_COLUMNS = (
     "max_score_diff",
     "loss_abs_diff",
     "grad_rel_diff",
+    "bank_max_abs_diff",
     "agree",
 )
 
@@ -623,7 +730,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", choices=("cpu", "full"), default="cpu", help="cpu: N / divisor; full: N")
     parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, from {list(SHAPES)}")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs per case (median reported)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=MIN_REPEATS,
+        help=f"timed runs per case (>= {MIN_REPEATS}; median, IQR)",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed calls first (the first reported apart)"
+    )
     parser.add_argument("--mm-budget-mb", type=int, default=1024, help="mm+topk: B x chunk score budget")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="queries and bank dtype")
@@ -633,9 +748,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(shapes) - set(SHAPES))
     if unknown or not shapes:
         parser.error(f"--shapes: unknown {unknown or 'empty list'}; choose from {list(SHAPES)}")
-    for name in ("repeats", "mm_budget_mb"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.repeats < MIN_REPEATS:
+        parser.error(f"--repeats must be >= {MIN_REPEATS} (a median and a spread need several runs)")
+    if args.warmup < 0:
+        parser.error("--warmup must be >= 0")
+    if args.mm_budget_mb < 1:
+        parser.error("--mm-budget-mb must be >= 1")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda requested but torch.cuda.is_available() is False")
     if not (args.device == "cpu" or args.device.startswith("cuda")):

@@ -1,4 +1,11 @@
-"""Shared benchmark helpers: provenance-stamped CSV rows and isolated time / peak-memory measurement.
+"""Shared benchmark helpers: provenance-stamped CSV rows, timing and isolated time / peak-memory measurement.
+
+Timing (:func:`time_calls`): the first call is timed apart (wall clock, synchronised: it holds compilation,
+autotuning, allocator and cache warm-up) and is never among the repetitions; further warm-up calls follow,
+outside the statistic; then each repetition is timed with CUDA events around the call on a GPU
+(``perf_counter`` on the CPU), the device synchronised once after the last. :class:`TimingStats` summarises
+them as the median and the interquartile range (the spread), with the minimum and maximum. A timed call
+must leave its results on the device: copies to the host belong after the timing (:func:`to_host`).
 
 Peak memory, the method (named in every result):
 
@@ -82,18 +89,129 @@ def append_rows(name_or_path: str | os.PathLike, rows: list[dict[str, Any]], sta
     return path
 
 
+CUDA_EVENTS = "cuda events per call"
+PERF_COUNTER = "perf_counter per call"
+
+
+@dataclass(frozen=True)
+class TimingStats:
+    """Seconds of the timed repetitions of one case, and of its first call (None when not timed apart).
+
+    Quartiles are ``statistics.quantiles(..., n=4, method="inclusive")`` (for 1, 2, 3, 4, 5: 2 and 4).
+    """
+
+    seconds: tuple[float, ...]
+    first_call: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.seconds:
+            raise ValueError("seconds is empty: at least one timed repetition is needed")
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def quartiles(self) -> tuple[float, float]:
+        """(first, third) quartile; a single repetition is both."""
+        if len(self.seconds) == 1:
+            return self.seconds[0], self.seconds[0]
+        q1, _, q3 = statistics.quantiles(self.seconds, n=4, method="inclusive")
+        return q1, q3
+
+    @property
+    def iqr(self) -> float:
+        """Interquartile range: the spread reported next to the median."""
+        q1, q3 = self.quartiles
+        return q3 - q1
+
+
+def _synchronize(cuda: bool) -> None:
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def time_calls(
+    fn: Callable[[], Any], repeats: int | Callable[[float], int], warmup: int = 1, cuda: bool = False
+) -> tuple[TimingStats, Any]:
+    """Time ``fn``: ``warmup`` untimed calls (the first timed apart), then ``repeats`` timed calls.
+
+    ``repeats`` may be a function of the last warm-up call's seconds (synchronised wall clock), to fit the
+    repetitions to a time budget; it then needs ``warmup >= 1``. Returns ``(stats, result of the last
+    call)``. On CUDA each repetition sits between two events recorded on the current stream (what the
+    device spent from the end of the previous call, host gaps included); the host waits once, after the
+    last. ``warmup = 0`` times every call, the first included.
+    """
+    if warmup < 0 or (callable(repeats) and warmup < 1):
+        raise ValueError(f"warmup must be >= 0 (>= 1 when repeats is a function), got {warmup}")
+    result, first_call, last_warmup = None, None, 0.0
+    for index in range(warmup):
+        _synchronize(cuda)
+        start = time.perf_counter()
+        result = fn()
+        _synchronize(cuda)
+        last_warmup = time.perf_counter() - start
+        if index == 0:
+            first_call = last_warmup
+    count = repeats(last_warmup) if callable(repeats) else repeats
+    if count < 1:
+        raise ValueError(f"repeats must be >= 1, got {count}")
+    if cuda:
+        import torch
+
+        events = [
+            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(count)
+        ]
+        torch.cuda.synchronize()
+        for begin, end in events:
+            begin.record()
+            result = fn()
+            end.record()
+        torch.cuda.synchronize()
+        seconds = tuple(begin.elapsed_time(end) / 1e3 for begin, end in events)
+    else:
+        timed = []
+        for _ in range(count):
+            start = time.perf_counter()
+            result = fn()
+            timed.append(time.perf_counter() - start)
+        seconds = tuple(timed)
+    return TimingStats(seconds, first_call), result
+
+
+def to_host(value: Any) -> Any:
+    """``value`` with every tensor (also inside tuples, lists and dicts) moved to the CPU."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        return value.detach().cpu()
+    if isinstance(value, (tuple, list)):
+        return type(value)(to_host(item) for item in value)
+    if isinstance(value, dict):
+        return {key: to_host(item) for key, item in value.items()}
+    return value
+
+
 @dataclass
 class Measurement:
-    """What one isolated case produced: its last result, wall times of every repeat, peak memory."""
+    """What one isolated case produced: its last result (on the host), the timed repetitions (seconds,
+    first call apart when warmed up), peak memory, and the timer used."""
 
     result: Any
     seconds: list[float]
     peak_bytes: int
     memory_method: str
+    first_call_s: float | None = None
+    timer: str = PERF_COUNTER
+    warmup: int = 0
 
     @property
     def median_seconds(self) -> float:
         return statistics.median(self.seconds)
+
+    @property
+    def stats(self) -> TimingStats:
+        return TimingStats(tuple(self.seconds), self.first_call_s)
 
 
 def _status_kib(field: str) -> int:
@@ -128,7 +246,9 @@ def _cpu_peak(baseline: int, method: str) -> int:
     return max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline)
 
 
-def _run_case(setup: Callable[..., Callable[[], Any]], args: tuple, repeats: int, cuda: bool) -> Measurement:
+def _run_case(
+    setup: Callable[..., Callable[[], Any]], args: tuple, repeats: int, cuda: bool, warmup: int
+) -> Measurement:
     import torch
 
     case = setup(*args)
@@ -138,29 +258,30 @@ def _run_case(setup: Callable[..., Callable[[], Any]], args: tuple, repeats: int
         baseline, method = torch.cuda.memory_allocated(), "cuda: max_memory_allocated - allocated at start"
     else:
         baseline, method = _start_cpu_peak()
-    seconds, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = case()
-        if cuda:
-            torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - start)
+    stats, result = time_calls(case, repeats, warmup, cuda)
     peak = torch.cuda.max_memory_allocated() - baseline if cuda else _cpu_peak(baseline, method)
-    return Measurement(result, seconds, peak, method)
+    timer = CUDA_EVENTS if cuda else PERF_COUNTER
+    return Measurement(to_host(result), list(stats.seconds), peak, method, stats.first_call, timer, warmup)
 
 
 def measure_isolated(
-    setup: Callable[..., Callable[[], Any]], args: tuple, repeats: int = 1, cuda: bool = False
+    setup: Callable[..., Callable[[], Any]],
+    args: tuple,
+    repeats: int = 1,
+    cuda: bool = False,
+    warmup: int = 0,
 ) -> Measurement:
-    """Run ``setup(*args)`` in a fresh spawned process, then time its returned callable ``repeats`` times.
+    """Run ``setup(*args)`` in a fresh spawned process, then time its returned callable (:func:`time_calls`:
+    ``warmup`` calls first, the first of them timed apart, then ``repeats`` timed calls).
 
     ``setup`` must be a module-level (picklable) function that builds the inputs and returns the case; the
-    case's result must be picklable. Peak memory is measured over all repeats (see the module docstring).
+    case's result is moved to the host after the timing and must then be picklable. Peak memory is measured
+    over all calls (see the module docstring).
     """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_run_case, (setup, args, repeats, cuda))
+        return pool.apply(_run_case, (setup, args, repeats, cuda, warmup))
 
 
 def run_timed(main: Callable[[], int]) -> None:

@@ -1,11 +1,13 @@
 """Shared harness for kernel test cases that must run under the Triton interpreter on CPU.
 
 A test module defines ``case_*(device)`` functions and collects them with :func:`collect_cases`. On a CUDA
-machine :func:`results_of_cases` runs them in-process on the GPU; without one it runs the module once as
-``python -m tests.<module>`` with ``TRITON_INTERPRET=1`` (triton decides interpreter or not when kernels are
-defined, so the variable must be set before import and must not leak into the pytest process). The module
-binds ``kernel_results, test_kernel_matches_reference = case_tests(__file__, CASES)`` and ends with
-``if __name__ == "__main__": print_case_results(CASES)``.
+machine :func:`results_of_cases` runs them in-process on the GPU (the compiled kernels); without one it
+runs the module once as ``python -m tests.<module>`` with ``TRITON_INTERPRET=1`` (triton decides
+interpreter or not when kernels are defined, so the variable must be set before import and must not leak
+into the pytest process). The module binds ``kernel_results, test_compiled_kernel_matches_reference,
+test_interpreted_kernel_matches_reference = case_tests(__file__, CASES)`` and ends with
+``if __name__ == "__main__": print_case_results(CASES)``. The compiled tests are marked ``gpu`` (so
+``pytest -m gpu`` runs them) and skip without a GPU; the interpreted ones skip on a GPU machine.
 """
 
 from __future__ import annotations
@@ -70,16 +72,26 @@ def print_case_results(cases: dict[str, Case]) -> None:
     print(json.dumps(run_cases(cases, torch.device("cpu"))))
 
 
-def case_tests(module_file: str, cases: dict[str, Case]) -> tuple[Callable, Callable]:
-    """``(kernel_results fixture, test_kernel_matches_reference)`` for a case module to bind at top level:
-    one test per case, all cases run once per module (on the GPU, or in one interpreter subprocess)."""
+def case_tests(module_file: str, cases: dict[str, Case]) -> tuple[Callable, Callable, Callable]:
+    """``(kernel_results fixture, compiled test, interpreted test)`` for a case module to bind at top level:
+    one test per case in each, all cases run once per module (on the GPU, or in one interpreter
+    subprocess); exactly one of the two tests runs on a given machine."""
 
     @pytest.fixture(scope="module")
     def kernel_results() -> dict[str, str]:
         return results_of_cases(module_file, cases)
 
+    @pytest.mark.gpu
+    @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the compiled kernels)")
     @pytest.mark.parametrize("name", sorted(cases))
-    def test_kernel_matches_reference(kernel_results: dict[str, str], name: str) -> None:
+    def test_compiled_kernel_matches_reference(kernel_results: dict[str, str], name: str) -> None:
         assert kernel_results[name] == "ok", kernel_results[name]
 
-    return kernel_results, test_kernel_matches_reference
+    @pytest.mark.skipif(
+        torch.cuda.is_available(), reason="a CUDA GPU is here: the compiled cases run instead"
+    )
+    @pytest.mark.parametrize("name", sorted(cases))
+    def test_interpreted_kernel_matches_reference(kernel_results: dict[str, str], name: str) -> None:
+        assert kernel_results[name] == "ok", kernel_results[name]
+
+    return kernel_results, test_compiled_kernel_matches_reference, test_interpreted_kernel_matches_reference

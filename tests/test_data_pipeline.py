@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
 from reidscale.data.decode import DecodeStats, crop_records_pyav
 from reidscale.data.manifests import load_manifest, read_ground_truth
 from reidscale.data.synth import build_corpus
+
+av = pytest.importorskip("av")  # PyAV is an optional dependency (the data extra)
 
 #: DALI-CPU and PyAV both decode with FFmpeg's decoders and differ only in the YUV→RGB conversion and
 #: the rounding of the resampling: a mean absolute difference of a few grey levels per crop.

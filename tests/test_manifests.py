@@ -9,7 +9,6 @@ import json
 import re
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -31,6 +30,8 @@ from reidscale.data.manifests import (
     save_manifest,
 )
 from reidscale.data.records import WHOLE_IMAGE, CropRecord, Manifest
+
+av = pytest.importorskip("av")  # PyAV is an optional dependency (the data extra)
 
 WIDTH, HEIGHT = 64, 48
 

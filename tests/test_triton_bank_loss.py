@@ -186,7 +186,9 @@ CASES = collect_cases(globals())
 # ------------------------------------------------------------------------------------------ tests
 
 
-kernel_results, test_kernel_matches_reference = case_tests(__file__, CASES)
+kernel_results, test_compiled_kernel_matches_reference, test_interpreted_kernel_matches_reference = (
+    case_tests(__file__, CASES)
+)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-driver error")

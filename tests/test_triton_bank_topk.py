@@ -143,7 +143,9 @@ CASES = collect_cases(globals())
 # ------------------------------------------------------------------------------------------ tests
 
 
-kernel_results, test_kernel_matches_reference = case_tests(__file__, CASES)
+kernel_results, test_compiled_kernel_matches_reference, test_interpreted_kernel_matches_reference = (
+    case_tests(__file__, CASES)
+)
 
 
 def test_triton_available_reports_reason(monkeypatch: pytest.MonkeyPatch) -> None:

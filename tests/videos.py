@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 WIDTH, HEIGHT, NUM_FRAMES, GOP = 96, 64, 30, 8
 CODECS = {  # name: (encoder, file suffix, pixel format, encoder options)
@@ -16,8 +17,9 @@ CODECS = {  # name: (encoder, file suffix, pixel format, encoder options)
 
 
 def write_video(path: Path, codec: str, frame_pixels: Callable[[int], np.ndarray]) -> None:
-    """Encode NUM_FRAMES frames of ``frame_pixels(i)`` (uint8 [HEIGHT, WIDTH, 3]) with ``codec``."""
-    import av
+    """Encode NUM_FRAMES frames of ``frame_pixels(i)`` (uint8 [HEIGHT, WIDTH, 3]) with ``codec``; the test
+    using them skips where PyAV (an optional dependency) is missing."""
+    av = pytest.importorskip("av", reason="writing the test videos needs PyAV (the data extra)")
 
     encoder, _, pixel_format, options = CODECS[codec]
     with av.open(str(path), "w") as container:
