@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.processes import run_command
 
 Case = Callable[[torch.device], None]
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -48,20 +49,13 @@ def run_cases(cases: dict[str, Case], device: torch.device) -> dict[str, str]:
     return results
 
 
-def results_of_cases(module_file: str, cases: dict[str, Case], timeout: int = 300) -> dict[str, str]:
+def results_of_cases(module_file: str, cases: dict[str, Case]) -> dict[str, str]:
     """The cases' results: in-process on a GPU, else from one interpreter subprocess of ``module_file``."""
     if torch.cuda.is_available():
         return run_cases(cases, torch.device("cuda"))
     module = f"tests.{Path(module_file).stem}"
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", module],
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    proc = run_command([sys.executable, "-m", module], env=env, cwd=REPO_ROOT)
     if proc.returncode != 0:
         raise AssertionError(f"interpreter run of {module} failed:\n{proc.stdout}\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import gpu_check, gpu_timings
+from benchmarks import common, gpu_check, gpu_timings
 from benchmarks.bench_kernels import Roofline
 from benchmarks.common import PERF_COUNTER, PROVENANCE_COLUMNS, TimingStats, time_calls, to_host
 from benchmarks.kernel_shapes import SHAPES, Shape
+from tests.processes import run_command
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
@@ -29,9 +30,7 @@ SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 # --------------------------------------------------------------------------------------------- the plan
 def _run_script(env_path: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": env_path}
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
+    return run_command([sys.executable, str(SCRIPT), *args], env=env, cwd=ROOT)
 
 
 def _assert_plan(stdout: str) -> None:
@@ -163,22 +162,54 @@ def test_run_child_logs_every_line_and_returns_the_status(tmp_path: Path) -> Non
     assert "one\ntwo\n" in text and f"$ {sys.executable} -c" in text
 
 
-def test_run_child_kills_the_whole_group_at_the_deadline(tmp_path: Path) -> None:
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (exited, or a zombie waiting to be reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+def test_run_child_kills_the_whole_group_at_the_deadline(tmp_path: Path, monkeypatch) -> None:
+    # The deadline is made to arrive once the child and its grandchild are both running (an event, not a
+    # clock), so the outcome does not depend on how fast the machine starts processes.
     log = gpu_check.Log(tmp_path / "check.log")
-    marker = tmp_path / "grandchild_survived"
-    grandchild = f"import time; time.sleep(4); open({str(marker)!r}, 'w').close()"
-    code = (
-        f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {grandchild!r}]); "
-        "print('started', flush=True); time.sleep(60)"
+    pid_file, ready = tmp_path / "grandchild.pid", tmp_path / "child.ready"
+    grandchild = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
+    child = tmp_path / "child.py"
+    child.write_text(
+        "import os, subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, '-c', {grandchild!r}])\n"
+        f"while not os.path.exists({str(pid_file)!r}):\n"
+        "    time.sleep(0.01)\n"
+        "print('started', flush=True)\n"
+        f"open({str(ready)!r}, 'w').close()\n"
+        "time.sleep(600)\n"
     )
-    start = time.monotonic()
-    done = gpu_check.run_child([sys.executable, "-c", code], {"PATH": "/usr/bin:/bin"}, 2, log, echo=False)
-    assert done.returncode is None and time.monotonic() - start < 20
-    assert done.tail == ["started"]
-    time.sleep(5)
-    assert not marker.exists()  # the grandchild went with its group
+
+    class DeadlineOnceStarted(subprocess.Popen):
+        def wait(self, timeout: float | None = None) -> int:
+            if timeout is None:
+                return super().wait()
+            while not (ready.exists() and pid_file.read_text()):
+                if super().poll() is not None:
+                    return self.returncode
+                time.sleep(0.01)
+            raise subprocess.TimeoutExpired(self.args, timeout)
+
+    monkeypatch.setattr(gpu_check.subprocess, "Popen", DeadlineOnceStarted)
+    done = gpu_check.run_child([sys.executable, str(child)], {"PATH": "/usr/bin:/bin"}, 2, log, echo=False)
+    monkeypatch.undo()
     log.close()
+    assert done.returncode is None  # killed: the child would have slept for 10 minutes
+    assert done.tail == ["started"]
     assert "KILLED at its deadline of 2 s" in (tmp_path / "check.log").read_text()
+    grandchild_pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 60  # a hang guard: SIGKILL ends it at once
+    while not _gone(grandchild_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(grandchild_pid), "the grandchild survived the kill of its group"
 
 
 # ------------------------------------------------------------------------------------------- timing
@@ -193,30 +224,46 @@ def test_timing_stats_hand_worked() -> None:
         TimingStats(())
 
 
-def test_time_calls_keeps_the_first_call_apart() -> None:
+class FakeClock:
+    """A ``perf_counter`` that only moves when a timed function says how long it took."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_time_calls_keeps_the_first_call_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(common.time, "perf_counter", clock)
     calls = []
 
     def fn() -> int:
         calls.append(len(calls))
-        if len(calls) == 1:
-            time.sleep(0.2)  # the "compilation"
+        clock.now += 0.2 if len(calls) == 1 else 0.001 * len(calls)  # the first call "compiles"
         return len(calls)
 
     stats, result = time_calls(fn, repeats=5, warmup=2)
     assert len(calls) == 7 and result == 7  # 2 warm-up + 5 timed; the last call's result
-    assert len(stats.seconds) == 5 and stats.first_call >= 0.2
-    assert max(stats.seconds) < 0.1  # the slow first call is in none of the repetitions
+    assert stats.first_call == pytest.approx(0.2)
+    assert stats.seconds == pytest.approx((0.003, 0.004, 0.005, 0.006, 0.007))  # calls 3..7, not the first
 
 
-def test_time_calls_fits_the_repetitions_to_the_last_warmup() -> None:
+def test_time_calls_fits_the_repetitions_to_the_last_warmup(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(common.time, "perf_counter", clock)
     seen = []
 
     def repeats(per_call: float) -> int:
         seen.append(per_call)
         return 3
 
-    stats, _ = time_calls(lambda: time.sleep(0.02), repeats, warmup=1)
-    assert len(stats.seconds) == 3 and len(seen) == 1 and seen[0] >= 0.02
+    def sleep_20ms() -> None:
+        clock.now += 0.02
+
+    stats, _ = time_calls(sleep_20ms, repeats, warmup=1)
+    assert len(stats.seconds) == 3 and seen == [pytest.approx(0.02)]
     with pytest.raises(ValueError, match="warmup"):
         time_calls(lambda: None, repeats, warmup=0)
     stats, _ = time_calls(lambda: None, 4, warmup=0)

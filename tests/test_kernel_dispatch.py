@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import warnings
 
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from reidscale.kernels import dispatch
 from reidscale.kernels import reference_loss as ref_loss
 from reidscale.kernels import reference_topk as ref_topk
+from tests.processes import run_command
 
 
 @pytest.fixture(autouse=True)
@@ -316,9 +316,7 @@ print(json.dumps(out))
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests run the Triton backend natively")
 def test_public_ops_on_the_triton_interpreter() -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1", dispatch.BACKEND_ENV: "triton"}
-    proc = subprocess.run(
-        [sys.executable, "-c", _TRITON_SCRIPT], env=env, capture_output=True, text=True, timeout=300
-    )
+    proc = run_command([sys.executable, "-c", _TRITON_SCRIPT], env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["topk_backend"] == "triton"
