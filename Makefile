@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint format info bench-eval bench-data bench-train bench-scl gpu-check venv clean
+.PHONY: demo test lint format info prebuild bench-eval bench-data bench-train bench-scl bench-transfer gpu-check \
+	check-fresh venv clean
 
 venv: $(STAMP)
 
@@ -61,11 +62,24 @@ bench-train: $(STAMP)
 bench-scl: $(STAMP)
 	$(PY) benchmarks/bench_scl.py
 
+# Fine-tuning from random init vs from the backbone `make demo` pre-trained (outputs/demo/backbone.pt), 3 seeds.
+bench-transfer: $(STAMP)
+	$(PY) benchmarks/bench_transfer.py
+
+# Builds once what DeepSpeed and the CUDA ops would otherwise compile on first use (see reidscale/prebuild.py).
+prebuild: $(STAMP)
+	$(VENV)/bin/reidscale prebuild
+
 # For a lent, offline GPU machine: builds, tests and times everything GPU-side inside 8 minutes (see
 # benchmarks/gpu_check.py). No venv and no install: the venv's python when there is one, else python3.
 GPU_CHECK_PYTHON := $(if $(wildcard $(PY)),$(PY),python3)
 gpu-check:
 	PYTHONPATH=. $(GPU_CHECK_PYTHON) benchmarks/gpu_check.py
+
+# CI as a new machine runs it: a fresh clone of HEAD, empty build caches, a CPU-bound process beside it
+# (RUNS=2 for twice in a row, LOAD=0 without the load, KEEP=1 to keep the clone).
+check-fresh:
+	bash .ci/fresh-clone-check
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
