@@ -286,7 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the README's demo: synthetic corpus, 2-rank selective contrastive pre-training, mAP"
     )
     demo.add_argument("--out", type=Path, default=Path("outputs/demo"), help="run folder (results.json)")
-    demo.add_argument("--data", type=Path, default=Path("data/synth_demo"), help="synthetic corpus folder")
+    demo.add_argument(
+        "--data", type=Path, default=None, help="synthetic corpus folder (default data/synth_demo)"
+    )
     pretrain = sub.add_parser(
         "pretrain", help="unsupervised pre-training (selective contrastive learning) on videos or crops"
     )

@@ -25,6 +25,10 @@ from reidscale.evaluation.evaluator import resolve_device
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "configs" / "scl_demo.yaml"
+#: fine-tuning at the demo's scale, from the backbone the demo writes (printed as the next step)
+FINETUNE_CONFIG = Path("configs") / "finetune_demo.yaml"
+#: the corpus folder ``reidscale demo`` uses unless ``--data`` says otherwise (the config's dataset_root)
+DEMO_DATA = Path("data/synth_demo")
 DEMO_METRICS: tuple[str, ...] = ("mAP", "R1", "mINP")
 
 
@@ -82,8 +86,10 @@ def wandb_run_dir(run_dir: Path) -> Path | None:
     return runs[-1] if runs else None
 
 
-def run_demo(out_dir: Path, data_dir: Path, overrides: list[str], port: int = 29561) -> dict:
-    """Steps 1–3 of the module docstring; returns results.json's content."""
+def run_demo(out_dir: Path, data_dir: Path | None, overrides: list[str], port: int = 29561) -> dict:
+    """Steps 1–3 of the module docstring (``data_dir`` None: ``data/synth_demo``); returns results.json's
+    content."""
+    data_dir = DEMO_DATA if data_dir is None else data_dir
     started = time.monotonic()
     print(f"[demo] device: {resolve_device('auto')}, ranks: {demo_ranks()}")
     if build_demo_corpus(data_dir):
@@ -108,6 +114,11 @@ def run_demo(out_dir: Path, data_dir: Path, overrides: list[str], port: int = 29
     print(f"[demo] results: {out_dir / 'results.json'}")
     if (out_dir / "rank_list.png").is_file():
         print(f"[demo] rank lists: {out_dir / 'rank_list.png'}")
+    if (out_dir / "backbone.pt").is_file():
+        finetune = f"reidscale finetune --config {FINETUNE_CONFIG} --model.weights {out_dir / 'backbone.pt'}"
+        if data_dir != DEMO_DATA:
+            finetune += f" --finetune.dataset_root {data_dir / 'market'}"
+        print(f"[demo] pre-trained backbone: {out_dir / 'backbone.pt'} (fine-tune it: {finetune})")
     wandb_dir = wandb_run_dir(out_dir)
     if wandb_dir is not None:
         print(f"[demo] offline wandb run: {wandb_dir} (upload with: wandb sync {wandb_dir})")
