@@ -22,6 +22,8 @@ from typing import TypeVar
 
 from torch import Tensor, nn
 
+from reidscale.utils.registry import register_into
+
 
 class Backbone(nn.Module):
     """Base class of every backbone (see the module docstring). Subclasses set ``feature_dim`` and
@@ -55,13 +57,7 @@ def register_backbone(name: str) -> Callable[[F], F]:
     if not name or ":" in name:
         raise ValueError(f"backbone name must be a non-empty string without ':', got {name!r}")
 
-    def decorate(factory: F) -> F:
-        if name in _FACTORIES:
-            raise ValueError(f"backbone {name!r} is already registered")
-        _FACTORIES[name] = factory
-        return factory
-
-    return decorate
+    return register_into(_FACTORIES, name, f"backbone {name!r}")
 
 
 def register_prefix(prefix: str, resolver: Callable[[str], BackboneFactory]) -> None:

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from reidscale.models.registry import Backbone
+from reidscale.utils.registry import register_into
 
 #: container entries searched for the state_dict, in this order (the teacher before the student)
 CONTAINER_KEYS = ("teacher", "student", "state_dict", "model", "module")
@@ -165,13 +166,7 @@ def register_weights_filter(family: type[Backbone]) -> Callable[[W], W]:
     if not (isinstance(family, type) and issubclass(family, Backbone)):
         raise ValueError(f"a weights filter is registered for a Backbone subclass, got {family!r}")
 
-    def decorate(weights_filter: W) -> W:
-        if family in _FILTERS:
-            raise ValueError(f"a weights filter for {family.__name__} is already registered")
-        _FILTERS[family] = weights_filter
-        return weights_filter
-
-    return decorate
+    return register_into(_FILTERS, family, f"a weights filter for {family.__name__}")
 
 
 def weights_filters(model: Backbone) -> list[WeightsFilter]:

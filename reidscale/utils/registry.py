@@ -1,4 +1,5 @@
-"""Named readers of the form ``reader(path, **options)``, looked up with errors that list what exists."""
+"""Registries: named readers of the form ``reader(path, **options)``, looked up with errors that list what
+exists, and ``register_into``, the decorator that fills a registry table once per key."""
 
 from __future__ import annotations
 
@@ -8,6 +9,21 @@ from collections.abc import Callable, Mapping
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def register_into(table: dict[K, V], key: K, what: str) -> Callable[[V], V]:
+    """Decorator storing its target as ``table[key]`` and returning it unchanged; a second registration of
+    ``key`` is refused (ValueError "<what> is already registered")."""
+
+    def decorate(value: V) -> V:
+        if key in table:
+            raise ValueError(f"{what} is already registered")
+        table[key] = value
+        return value
+
+    return decorate
 
 
 class ReaderRegistry(Generic[T]):
