@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.hookimpl(trylast=True)  # after -m / -k deselection: only the tests that will run count
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
     needs_deepspeed = any(item.get_closest_marker("deepspeed") for item in items)
     needs_cuda_ops = any(item.get_closest_marker("gpu") for item in items)
