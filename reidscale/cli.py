@@ -319,20 +319,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, overrides = _split_overrides(parser, argv)
     try:
-        if args.command == "info":
+        without_config = {"info": cmd_info, "prebuild": cmd_prebuild, "synth": cmd_synth}
+        if args.command in without_config:
             if overrides:
-                parser.error(f"info takes no config overrides, got {' '.join(overrides)}")
-            return cmd_info(args)
-        if args.command == "prebuild":
-            if overrides:
-                parser.error(f"prebuild takes no config overrides, got {' '.join(overrides)}")
-            return cmd_prebuild(args)
+                parser.error(f"{args.command} takes no config overrides, got {' '.join(overrides)}")
+            return without_config[args.command](args)
         if args.command == "config":
             return cmd_config(args, overrides)
-        if args.command == "synth":
-            if overrides:
-                parser.error(f"synth takes no config overrides, got {' '.join(overrides)}")
-            return cmd_synth(args)
         handlers = {
             "demo": cmd_demo,
             "pretrain": cmd_pretrain,
