@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: `benchmarks` and `tests` import
-from benchmarks.common import append_rows, measure_isolated, provenance, results_path, run_timed
+from benchmarks.common import append_rows, choice_list, measure_isolated, provenance, results_path, run_timed
 from reidscale.evaluation.distance import l2_normalize, pairwise_distance
 from reidscale.evaluation.metrics import UPDATE_BYTES_PER_ENTRY, evaluate_features, query_chunk_size
 from tests.reference.eval_loop import eval_loop
@@ -240,10 +240,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] for the features and the evaluation")
     parser.add_argument("--output", default=str(results_path("eval")), help="CSV file to append rows to")
     args = parser.parse_args(argv)
-    sizes = [size.strip() for size in args.sizes.split(",") if size.strip()]
-    unknown = sorted(set(sizes) - set(SIZES))
-    if unknown or not sizes:
-        parser.error(f"--sizes: unknown {unknown or 'empty list'}; choose from {sorted(SIZES)}")
+    sizes = choice_list(parser, "--sizes", args.sizes, sorted(SIZES))
     for name in ("dim", "repeats", "loop_repeats", "memory_budget_mb"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")

@@ -78,7 +78,15 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: `benchmarks` imports
-from benchmarks.common import Measurement, append_rows, measure_isolated, provenance, results_path, run_timed
+from benchmarks.common import (
+    Measurement,
+    append_rows,
+    choice_list,
+    measure_isolated,
+    provenance,
+    results_path,
+    run_timed,
+)
 from benchmarks.kernel_shapes import SHAPES, Shape
 from reidscale.kernels.reference import bank_contrastive_loss_full
 from reidscale.kernels.reference import bank_topk as reference_bank_topk
@@ -744,10 +752,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="queries and bank dtype")
     parser.add_argument("--output", default=str(results_path("kernels")), help="CSV file to append rows to")
     args = parser.parse_args(argv)
-    shapes = [name.strip() for name in args.shapes.split(",") if name.strip()]
-    unknown = sorted(set(shapes) - set(SHAPES))
-    if unknown or not shapes:
-        parser.error(f"--shapes: unknown {unknown or 'empty list'}; choose from {list(SHAPES)}")
+    shapes = choice_list(parser, "--shapes", args.shapes, list(SHAPES))
     if args.repeats < MIN_REPEATS:
         parser.error(f"--repeats must be >= {MIN_REPEATS} (a median and a spread need several runs)")
     if args.warmup < 0:

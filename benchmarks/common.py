@@ -21,6 +21,7 @@ Peak memory, the method (named in every result):
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import ctypes
@@ -31,7 +32,7 @@ import os
 import resource
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,16 @@ def append_rows(name_or_path: str | os.PathLike, rows: list[dict[str, Any]], sta
         writer.writerow({**{key: stamp[key] for key in PROVENANCE_COLUMNS}, **row})
     atomic_write_text(path, existing + buffer.getvalue())
     return path
+
+
+def choice_list(parser: argparse.ArgumentParser, flag: str, text: str, choices: Sequence[str]) -> list[str]:
+    """The comma-separated names in ``text``, in order, each one of ``choices``; ``parser.error`` naming
+    ``flag``, the unknown names (or the empty list) and the choices otherwise."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(choices))
+    if unknown or not names:
+        parser.error(f"{flag}: unknown {unknown or 'empty list'}; choose from {list(choices)}")
+    return names
 
 
 CUDA_EVENTS = "cuda events per call"

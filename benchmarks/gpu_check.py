@@ -55,6 +55,7 @@ from typing import Any, TextIO
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # repo root: `benchmarks` and `reidscale` import when run as a script
+from benchmarks.common import choice_list  # noqa: E402
 from benchmarks.gpu_timings import SELECTION_BATCH, SELECTION_ROWS  # noqa: E402  (torch-free imports)
 from benchmarks.kernel_shapes import SHAPES  # noqa: E402
 
@@ -516,10 +517,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     args = parser.parse_args(argv)
-    args.phases = [name.strip() for name in args.phases.split(",") if name.strip()]
-    unknown = sorted(set(args.phases) - set(PHASE_NAMES))
-    if unknown or not args.phases:
-        parser.error(f"--phases: unknown {unknown or 'empty list'}; choose from {list(PHASE_NAMES)}")
+    args.phases = choice_list(parser, "--phases", args.phases, PHASE_NAMES)
     if args.budget < 60:
         parser.error(f"--budget must be >= 60 s, got {args.budget}")
     return args

@@ -47,7 +47,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # repo root: `benchmarks` and `reidscale` import when run as a script
-from benchmarks.common import append_rows, provenance, results_path, time_calls, to_host  # noqa: E402
+from benchmarks.common import append_rows, choice_list, provenance, results_path, time_calls, to_host  # noqa: E402
 from benchmarks.kernel_shapes import SHAPES, Shape  # noqa: E402
 
 PARTS: tuple[str, ...] = ("kernels", "selection")
@@ -394,10 +394,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sizes", default=",".join(map(str, SELECTION_ROWS)), help="selection: bank rows")
     parser.add_argument("--output", default=str(results_path("gpu_check")), help="CSV to append rows to")
     args = parser.parse_args(argv)
-    args.shapes = [name.strip() for name in args.shapes.split(",") if name.strip()]
-    unknown = sorted(set(args.shapes) - set(SHAPES))
-    if unknown or not args.shapes:
-        parser.error(f"--shapes: unknown {unknown or 'empty list'}; choose from {list(SHAPES)}")
+    args.shapes = choice_list(parser, "--shapes", args.shapes, list(SHAPES))
     try:
         args.sizes = [int(item) for item in args.sizes.split(",") if item.strip()]
     except ValueError:
