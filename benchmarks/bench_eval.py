@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: `benc
 from benchmarks.common import append_rows, choice_list, measure_isolated, provenance, results_path, run_timed
 from reidscale.evaluation.distance import l2_normalize, pairwise_distance
 from reidscale.evaluation.metrics import UPDATE_BYTES_PER_ENTRY, evaluate_features, query_chunk_size
-from tests.reference.eval_loop import eval_loop
+from tests.support.reference.eval_loop import eval_loop
 
 #: name → (queries, gallery, test ids, cameras, distractors)
 SIZES: dict[str, tuple[int, int, int, int, int]] = {

@@ -1,4 +1,10 @@
-"""Session set-up: the one-time native builds, done once before the first test instead of inside one.
+"""What every test may use: the one-time native builds, a free port, the tiny synthetic corpus.
+
+Fixtures: ``free_port`` (a TCP port free on 127.0.0.1, for the rendezvous of multi-process tests) and
+``tiny_corpus`` (the ``tiny`` synthetic corpus, seed 3, MJPEG; built once per test run, read-only to the
+tests). Helpers that are not tests live in ``tests/support/``.
+
+One-time builds, done once before the first test instead of inside one.
 
 DeepSpeed compiles its shared-memory op the first time any process starts its engine on a CPU machine,
 and the CUDA ops are JIT-compiled on the first call on a GPU when ``reidscale._C`` was not built at
@@ -11,7 +17,27 @@ runs here first, with no time limit, and says what it did. Its cost is paid once
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+from tests.support.ports import free_port as _free_port
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port the OS reports free on 127.0.0.1 right now."""
+    return _free_port()
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ``tiny`` synthetic corpus (seed 3, MJPEG videos), built once per test run; do not modify it."""
+    from reidscale.data.synth import build_corpus
+
+    out = tmp_path_factory.mktemp("tiny_corpus")
+    build_corpus(out, "tiny", seed=3, codec="mjpeg")
+    return out
 
 
 @pytest.hookimpl(trylast=True)  # after -m / -k deselection: only the tests that will run count

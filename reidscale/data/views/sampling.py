@@ -4,7 +4,7 @@
 ``fn.random_resized_crop`` (area fraction uniform in ``scale``, aspect ratio w/h log-uniform in ``ratio``,
 up to ``attempts`` tries, then a centre crop with the aspect clamped into ``ratio``). The torch path calls it;
 the DALI path passes the same ``scale``/``ratio``/``attempts`` to DALI's operator, whose sampler is the same
-algorithm (tests/test_views_dali.py checks the two distributions against each other).
+algorithm (tests/data/test_views_dali.py checks the two distributions against each other).
 
 ``erase_box`` defines the random-erasing rectangle from four uniforms with plain arithmetic, so the torch
 path evaluates it on tensors and the DALI path on DataNodes (``nvidia.dali.math``): one formula, two

@@ -1,0 +1,1 @@
+"""Helpers the tests share (not tests): independent references, tiny data, processes, ports."""
