@@ -13,17 +13,19 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from reidscale.config import Config, load_config
+from reidscale.config import load_config
 from reidscale.engine.deepspeed_config import write_deepspeed_config
-from reidscale.jobs.finetune import derived_train_config
+from reidscale.jobs.roots import root_for
+from reidscale.jobs.train import train_settings
+from reidscale.methods import method_spec
 
 
 def render(
     config_file: Path, world_size: int, out_dir: Path, stages: tuple[int, ...] = (0, 1, 2, 3)
 ) -> list[Path]:
     """Write ``ds_zero<stage>.json`` per ZeRO stage into ``out_dir``; returns the paths."""
-    config = load_config(Config, config_file, [])
-    train = derived_train_config(config, world_size)
+    config = load_config(root_for("finetune"), config_file, [])
+    train = train_settings(method_spec("finetune", config.finetune.method), config, world_size, 1)
     return [
         write_deepspeed_config(
             dataclasses.replace(train, zero_stage=stage), world_size, out_dir / f"ds_zero{stage}.json"

@@ -1,7 +1,7 @@
 """``reidscale <command>``: the one entry point every job shares.
 
 Commands take ``--config FILE.yaml`` and dotted overrides (``--eval.rerank.k1 30``) on top of the typed
-defaults in ``reidscale.config.schema``; ``reidscale config`` lists every option with its doc.
+defaults of the sections they read (``reidscale.jobs.roots``); ``reidscale config COMMAND`` lists them.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from reidscale.config import Config, ConfigError, describe, load_config, write_run_record
+from reidscale.config import ConfigError, describe, load_config, write_run_record
+from reidscale.jobs.roots import every_command_root, root_for
 
 WEIGHTS_HELP = "backbone weights file, e.g. runs/<name>/backbone.pt (shorthand for --model.weights FILE)"
 
@@ -20,7 +22,7 @@ WEIGHTS_HELP = "backbone weights file, e.g. runs/<name>/backbone.pt (shorthand f
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None, help="YAML config file (see configs/)")
     parser.epilog = (
-        "Any config option can be overridden as --section.key VALUE; `reidscale config` lists them."
+        "Any config option can be overridden as --section.key VALUE; `reidscale config COMMAND` lists them."
     )
 
 
@@ -45,10 +47,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace, overrides: list[str]) -> int:
     from reidscale.config import dump_yaml
 
+    root = every_command_root() if args.command_name is None else root_for(args.command_name)
     if args.resolved:
-        print(dump_yaml(load_config(Config, args.config, overrides)), end="")
+        print(dump_yaml(load_config(root, args.config, overrides)), end="")
         return 0
-    for key, type_name, doc in describe(Config):
+    for key, type_name, doc in describe(root):
         print(f"--{key:<32} {type_name:<28} {doc}")
     return 0
 
@@ -68,7 +71,7 @@ def cmd_evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
         overrides = [*overrides, "--eval.rerank.enabled", "true"]
     if args.visualize is not None:
         overrides = [*overrides, "--eval.num_visualize", str(args.visualize)]
-    config = load_config(Config, args.config, overrides)
+    config = load_config(root_for("evaluate"), args.config, overrides)
     features = load_feature_file(args.features)
     output = Path(args.output)
     stem = output.with_suffix("")
@@ -133,24 +136,27 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
-    from reidscale.jobs.finetune import run_finetune
+    from reidscale.jobs.train import run_training
+    from reidscale.methods import method_spec
     from reidscale.utils.dist import get_rank
 
-    config = load_config(Config, args.config, overrides)
-    summary = run_finetune(config)
+    config = load_config(root_for("finetune"), args.config, overrides)
+    summary = run_training(config, method_spec("finetune", config.finetune.method))
     if get_rank() == 0:
         print(f"fine-tuned {config.model.name} for {summary.steps} steps on {config.finetune.dataset}")
         print(format_metric_rows({"before": summary.before, "after": summary.after}))
-        print(f"weights: {summary.weights}\nfeatures: {summary.features}\nresults: {summary.results}")
+        paths = summary.paths
+        print(f"weights: {paths['weights']}\nfeatures: {paths['features']}\nresults: {paths['results']}")
     return 0
 
 
 def cmd_pretrain(args: argparse.Namespace, overrides: list[str]) -> int:
-    from reidscale.jobs.pretrain import run_pretrain
+    from reidscale.jobs.train import run_training
+    from reidscale.methods import method_spec
     from reidscale.utils.dist import get_rank
 
-    config = load_config(Config, args.config, overrides)
-    summary = run_pretrain(config)
+    config = load_config(root_for("pretrain"), args.config, overrides)
+    summary = run_training(config, method_spec("pretrain", config.pretrain.method))
     if get_rank() == 0:
         print(f"pre-trained {config.model.name} ({config.pretrain.method}) for {summary.steps} steps")
         if summary.before or summary.after:
@@ -184,7 +190,7 @@ def _with_weights(args: argparse.Namespace, overrides: list[str]) -> list[str]:
     return overrides if args.weights is None else [*overrides, "--model.weights", str(args.weights)]
 
 
-def _trained_backbone(config: Config, command: str):
+def _trained_backbone(config: Any, command: str) -> Any:
     """``config.model``'s backbone with ``model.weights`` loaded (ValueError when none is given)."""
     from reidscale.models.config import backbone_from_config
 
@@ -199,9 +205,10 @@ def _trained_backbone(config: Config, command: str):
 def cmd_extract(args: argparse.Namespace, overrides: list[str]) -> int:
     from reidscale.evaluation.extract import extract_to_file
 
-    config = load_config(Config, args.config, _with_weights(args, overrides))
+    config = load_config(root_for("extract"), args.config, _with_weights(args, overrides))
     model = _trained_backbone(config, "extract")
     cfg = config.finetune
+    height, width = config.model.img_size
     path = extract_to_file(
         model,
         cfg.dataset,
@@ -209,8 +216,8 @@ def cmd_extract(args: argparse.Namespace, overrides: list[str]) -> int:
         args.output,
         args.batch_size,
         args.device,
-        height=cfg.image_height,
-        width=cfg.image_width,
+        height=height,
+        width=width,
         flip=cfg.flip_test,
     )
     print(f"features of {cfg.dataset} ({cfg.dataset_root}) written to {path}")
@@ -222,9 +229,9 @@ def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
 
     from reidscale.export import export_backbone
 
-    config = load_config(Config, args.config, _with_weights(args, overrides))
+    config = load_config(root_for("export"), args.config, _with_weights(args, overrides))
     model = _trained_backbone(config, "export")
-    img_size = (config.finetune.image_height, config.finetune.image_width)
+    img_size = (config.model.img_size[0], config.model.img_size[1])
     report = export_backbone(model, args.out, img_size=img_size, **dataclasses.asdict(config.export))
     print(json.dumps({key: str(value) for key, value in report.items()}, indent=2))
     return 0
@@ -253,7 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
         "prebuild",
         help="build once what would otherwise compile on first use (DeepSpeed's CPU op, the CUDA ops)",
     )
-    config = sub.add_parser("config", help="list every config option, or print a resolved config")
+    config = sub.add_parser(
+        "config", help="list the config options a command reads (all commands' without one), or resolve one"
+    )
+    config.add_argument(
+        "command_name",
+        nargs="?",
+        default=None,
+        metavar="COMMAND",
+        help="pretrain, finetune, evaluate, extract, export or demo (default: the options of every command)",
+    )
     _add_config_args(config)
     config.add_argument(
         "--resolved", action="store_true", help="print the resolved YAML instead of the option list"

@@ -1,5 +1,10 @@
-"""Typed configuration: dataclasses (schema), YAML + dotted overrides (loader), run records."""
+"""Typed configuration: YAML + dotted overrides (loader), roots composed per command (compose), run records.
 
+The package knows no section: each subsystem owns the dataclass of its section, and each command composes
+the root it reads (``reidscale.jobs.roots``).
+"""
+
+from reidscale.config.compose import Section, compose_root
 from reidscale.config.loader import (
     ConfigError,
     build_config,
@@ -9,17 +14,12 @@ from reidscale.config.loader import (
     load_config,
 )
 from reidscale.config.record import write_run_record
-from reidscale.config.schema import Config, EvalConfig, RerankConfig, RunConfig, TrackingConfig, WandbConfig
 
 __all__ = [
-    "Config",
     "ConfigError",
-    "EvalConfig",
-    "RerankConfig",
-    "RunConfig",
-    "TrackingConfig",
-    "WandbConfig",
+    "Section",
     "build_config",
+    "compose_root",
     "config_to_dict",
     "describe",
     "dump_yaml",

@@ -7,7 +7,7 @@ crops, decoded once (``crop_cache``) and then read from disk every epoch::
       ──► crop cache (uint8 [N, H, W, 3] on disk)
       ──► PretrainImageSet (item i = bank row i) + pretrain_batch_sampler (a permutation per epoch, per rank)
 
-``build_pretrain_set(config, batch_per_rank, seed)`` ties it together; use the pair as
+``build_pretrain_set(config, image_size, batch_per_rank, seed)`` ties it together; use the pair as
 ``DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers)`` and call
 ``sampler.set_epoch(e)`` before each epoch.
 """
@@ -51,8 +51,6 @@ class PretrainDataConfig:
     max_per_tracklet: int = option(
         0, "at most this many boxes per tracklet after the stride, spread evenly over it (0 = no cap)"
     )
-    image_height: int = option(256, "height of the cached crops = training input height (pixels)")
-    image_width: int = option(128, "width of the cached crops = training input width (pixels)")
     cache_dir: str | None = option(
         None, "folder of the decoded-crop caches; null = <path>/.reidscale_cache (beside a file path)"
     )
@@ -82,7 +80,7 @@ class PretrainDataConfig:
                 f"pretrain_data.manifest_options has {unknown}, not options of the {self.source!r} reader "
                 f"(it takes {list(manifest_options(self.source))})"
             )
-        minimum = {"frame_stride": 1, "max_per_tracklet": 0, "image_height": 1, "image_width": 1}
+        minimum = {"frame_stride": 1, "max_per_tracklet": 0}
         minimum["num_workers"] = 0
         for name, least in minimum.items():
             value = getattr(self, name)
@@ -248,14 +246,16 @@ def resolve_decode_device(device: str | None) -> str:
 
 def build_pretrain_set(
     config: PretrainDataConfig,
+    image_size: tuple[int, int],
     batch_per_rank: int,
     seed: int = 0,
     rank: int | None = None,
     world_size: int | None = None,
     progress: Progress | None = None,
 ) -> tuple[PretrainImageSet, IdentitySampler]:
-    """Read the manifest, select the records, build or reuse the crop cache, and return the dataset with
-    this rank's sampler. ``dataset.summary`` holds (and the log gets) one line of what was read, selected,
+    """Read the manifest, select the records, build or reuse the crop cache of crops ``image_size``
+    (height, width: the training input size, ``model.img_size``), and return the dataset with this rank's
+    sampler. ``dataset.summary`` holds (and the log gets) one line of what was read, selected,
     skipped and cached."""
     manifest = load_manifest(config.source, config.path, **config.manifest_options)
     records = select_records(manifest, config.frame_stride, config.max_per_tracklet)
@@ -264,7 +264,7 @@ def build_pretrain_set(
     cache = build_crop_cache(
         records,
         resolve_cache_dir(config),
-        (config.image_height, config.image_width),
+        (image_size[0], image_size[1]),
         backend=config.decode_backend,
         device=resolve_decode_device(config.decode_device),
         progress=progress,
@@ -276,7 +276,7 @@ def build_pretrain_set(
         f"pretrain set: {len(manifest)} records read ({skipped} skipped by the reader), "
         f"{len(records)} selected "
         f"(stride {config.frame_stride}, cap {config.max_per_tracklet or 'none'}), {cache.num_rows} crops "
-        f"{config.image_height}x{config.image_width} {cache.status} at {cache.folder} "
+        f"{image_size[0]}x{image_size[1]} {cache.status} at {cache.folder} "
         f"(decode: {cache.stats.summary()}); {len(sampler)} batches of {batch_per_rank} per rank"
     )
     logger.info(dataset.summary)

@@ -7,7 +7,8 @@ atomic keep-last-K checkpoints that resume exactly, SIGTERM handling and through
     from reidscale.engine import Trainer, TrainConfig, distributed
 
     with distributed():                      # rank/world from deepspeed, torchrun, accelerate or srun
-        result = Trainer(objective, TrainConfig(max_steps=1000), run_dir, tracker=tracker).run(loader)
+        config = TrainConfig(micro_batch=64, max_steps=1000)
+        result = Trainer(objective, config, run_dir, tracker=tracker).run(loader)
 """
 
 from reidscale.engine.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint

@@ -7,10 +7,12 @@ world size, the batch arithmetic) and raises ValueError naming the field and wha
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from reidscale.config.loader import config_to_dict
 from reidscale.utils.options import option
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
@@ -75,7 +77,11 @@ class TrainConfig:
 
     zero_stage: int = option(0, "DeepSpeed ZeRO stage 0-3")
     precision: Literal["fp32", "bf16", "fp16"] = option("fp32", "fp32, bf16, or fp16 (GPU only)")
-    micro_batch: int = option(64, "images per rank per forward/backward (micro-batch)")
+    micro_batch: int | None = option(
+        None,
+        "images per rank per forward/backward; the training jobs derive it from their batch settings "
+        "(leave it null there); required when the engine is driven directly",
+    )
     global_batch: int | None = option(
         None, "images per optimizer step over all ranks; null = micro_batch × world × grad_accumulation"
     )
@@ -92,7 +98,9 @@ class TrainConfig:
     )
     checkpoint: CheckpointConfig = option(doc="checkpoints", factory=CheckpointConfig)
     log_every: int = option(10, "log throughput and loss parts every this many steps")
-    eval_every: int = option(0, "call the eval callback every this many steps (0 = never)")
+    eval_every: int | None = option(
+        None, "evaluate every this many steps (null or 0 = only at the end); pretrain derives it from epochs"
+    )
     seed: int = option(0, "base random seed; rank r seeds python/numpy/torch with seed + r")
 
 
@@ -155,6 +163,10 @@ def check_train_config(config: TrainConfig, world_size: int | None = None) -> Tr
         raise ValueError(
             "train.precision='fp16' needs a CUDA GPU (DeepSpeed refuses fp16 on CPU); use bf16 or fp32"
         )
+    if config.micro_batch is None:
+        raise ValueError(
+            "train.micro_batch is null: the training jobs derive it; set it when driving the engine directly"
+        )
     _require(config.micro_batch >= 1, "micro_batch", ">= 1", config.micro_batch)
     _require(
         config.global_batch is None or config.global_batch >= 1,
@@ -178,7 +190,9 @@ def check_train_config(config: TrainConfig, world_size: int | None = None) -> Tr
     _require(config.checkpoint.every >= 0, "checkpoint.every", ">= 0", config.checkpoint.every)
     _require(config.checkpoint.keep_last >= 1, "checkpoint.keep_last", ">= 1", config.checkpoint.keep_last)
     _require(config.log_every >= 1, "log_every", ">= 1", config.log_every)
-    _require(config.eval_every >= 0, "eval_every", ">= 0", config.eval_every)
+    _require(
+        config.eval_every is None or config.eval_every >= 0, "eval_every", ">= 0 or null", config.eval_every
+    )
     if world_size is not None:
         grad_accumulation(config, world_size)
     return config
@@ -188,7 +202,7 @@ def grad_accumulation(config: TrainConfig, world_size: int) -> int:
     """Micro-batches per optimizer step: global_batch / (micro_batch · world_size) or the explicit value."""
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
-    per_pass = config.micro_batch * world_size
+    per_pass = (config.micro_batch or 0) * world_size
     if config.global_batch is None:
         return 1 if config.grad_accumulation is None else config.grad_accumulation
     if config.global_batch % per_pass:
@@ -207,6 +221,22 @@ def grad_accumulation(config: TrainConfig, world_size: int) -> int:
 
 def plain_dict(config: Any) -> dict[str, Any]:
     """A dataclass config as JSON-like nested dicts (tuples become lists), for logs and checkpoints."""
-    from reidscale.config.loader import config_to_dict  # reidscale.config imports this module
-
     return json.loads(json.dumps(config_to_dict(config)))
+
+
+def with_derived_fields(
+    config: TrainConfig, derived: dict[str, Any], command: str, reasons: dict[str, str]
+) -> TrainConfig:
+    """``config`` with the fields a job derives (``derived``: field → value) filled in.
+
+    Raises:
+        ValueError: the user set one of them (it would be silently replaced): names the field, the job
+            and what it is derived from (``reasons``: field → "from ...").
+    """
+    for name in derived:
+        if getattr(config, name) is not None:
+            raise ValueError(
+                f"train.{name} is set to {getattr(config, name)!r}, but {command} derives it "
+                f"({reasons.get(name, 'from its own settings')}): remove it from the config"
+            )
+    return dataclasses.replace(config, **derived)

@@ -40,7 +40,8 @@ from reidscale.tracking.base import NullTracker, Tracker
 from reidscale.utils.dist import get_rank, get_world_size
 
 logger = logging.getLogger(__name__)
-EvalFn = Callable[[Objective, int], Mapping[str, float]]
+#: ``evaluator(objective, step) -> {name: value}``, e.g. ``reidscale.evaluation.SplitEvaluator``
+EvaluatorFn = Callable[[Objective, int], Mapping[str, float]]
 
 
 @dataclass
@@ -55,10 +56,10 @@ class TrainResult:
 
 
 @dataclass
-class _Position:
+class _LoopCursor:
     step: int = 0
     epoch: int = 0
-    position: int = 0  # micro-batches consumed in this epoch
+    position: int = 0  # micro-batches consumed in this epoch (the checkpoint key "position")
 
 
 def seed_everything(seed: int) -> None:
@@ -99,7 +100,7 @@ class Trainer:
     tracker: where metrics go (rank 0's tracker; None = nothing logged). The tracker step is the number
         of optimizer steps done: train metrics every ``log_every`` steps (loss parts averaged over ranks,
         schedule values, throughput), eval metrics under ``eval/``.
-    eval_fn: ``eval_fn(objective, step) -> {name: value}``, called on every rank every ``eval_every``
+    evaluator: ``evaluator(objective, step) -> {name: value}``, called on every rank every ``eval_every``
         steps and at the end; the values are logged under ``eval/``.
     """
 
@@ -109,7 +110,7 @@ class Trainer:
         config: TrainConfig,
         run_dir: str | Path,
         tracker: Tracker | None = None,
-        eval_fn: EvalFn | None = None,
+        evaluator: EvaluatorFn | None = None,
     ) -> None:
         import deepspeed
 
@@ -126,7 +127,7 @@ class Trainer:
             Path(config.checkpoint.dir) if config.checkpoint.dir else self.run_dir / "checkpoints"
         )
         self.tracker = tracker if tracker is not None else NullTracker()
-        self.eval_fn = eval_fn
+        self.evaluator = evaluator
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
         if self.dtype is not None:  # DeepSpeed bf16 + BatchNorm fails on a dtype mismatch unless cast first
             objective = objective.to(self.dtype)
@@ -150,7 +151,7 @@ class Trainer:
         seed_everything(config.seed + self.rank)
         self.timer = StepTimer(self.device)
         self._last_eval = -1
-        self._progress: Iterator[int] = iter(())
+        self._step_bar: Iterator[int] = iter(())
 
     # ----------------------------------------------------------------------------------------- run
     def total_steps(self, loader: Iterable[Any]) -> int:
@@ -182,30 +183,30 @@ class Trainer:
         stop_at = total if until_step is None else min(until_step, total)
         if stop_at < 1:
             raise ValueError(f"until_step must be >= 1, got {until_step}")
-        where, rng, saved_sampler = self._resume()
-        result = TrainResult(steps_done=where.step)
+        cursor, rng, saved_sampler = self._resume()
+        result = TrainResult(steps_done=cursor.step)
         if self.rank == 0:
             self.tracker.log_config({"train": plain_dict(self.config)})
-        self._progress = self._step_progress(where.step, stop_at)
+        self._step_bar = self._step_progress(cursor.step, stop_at)
         with PreemptionFlag() as preemption:
-            while where.step < stop_at:
-                iterator = iterate_from(loader, where.epoch, where.position, saved_sampler)
+            while cursor.step < stop_at:
+                iterator = iterate_from(loader, cursor.epoch, cursor.position, saved_sampler)
                 saved_sampler = None
                 if rng is not None:  # after the iterator exists: creating one may draw from the RNG
                     set_rng_state(rng)
                     rng = None
                 finished_epoch = self._run_epoch(
-                    iterator, loader, where, (stop_at, total), result, preemption
+                    iterator, loader, cursor, (stop_at, total), result, preemption
                 )
                 if result.preempted:
                     self._close_progress()
                     return result
                 if finished_epoch:
-                    where.epoch, where.position = where.epoch + 1, 0
+                    cursor.epoch, cursor.position = cursor.epoch + 1, 0
         self._close_progress()
-        if where.step == total:
-            self._maybe_eval(where.step, force=True)
-        result.last_checkpoint = self._save(where, loader)
+        if cursor.step == total:
+            self._maybe_eval(cursor.step, force=True)
+        result.last_checkpoint = self._save(cursor, loader)
         return result
 
     def _step_progress(self, first: int, stop_at: int) -> Iterator[int]:
@@ -221,7 +222,7 @@ class Trainer:
         return progress
 
     def _close_progress(self) -> None:
-        close = getattr(self._progress, "close", None)
+        close = getattr(self._step_bar, "close", None)
         if close is not None:
             close()
 
@@ -229,7 +230,7 @@ class Trainer:
         self,
         iterator: Iterator[Any],
         loader: Iterable[Any],
-        where: _Position,
+        cursor: _LoopCursor,
         stop_and_total: tuple[int, int],
         result: TrainResult,
         preemption: PreemptionFlag,
@@ -237,18 +238,18 @@ class Trainer:
         """Optimizer steps until the epoch's data or the run ends; True when the data ran out."""
         stop_at, total = stop_and_total
         epoch_end = self.steps_per_epoch(loader) * self.accumulation if hasattr(loader, "__len__") else None
-        while where.step < stop_at:
-            if epoch_end is not None and where.position >= epoch_end:
+        while cursor.step < stop_at:
+            if epoch_end is not None and cursor.position >= epoch_end:
                 return True  # a last partial accumulation window of the epoch is dropped
-            if not self._step(iterator, loader, where, total, result):
+            if not self._step(iterator, loader, cursor, total, result):
                 return True
             if preemption.agreed(self.world_size, self.device):
-                result.last_checkpoint = self._save(where, loader)
+                result.last_checkpoint = self._save(cursor, loader)
                 result.preempted = True
                 return False
-            if self.config.checkpoint.every and where.step % self.config.checkpoint.every == 0:
-                result.last_checkpoint = self._save(where, loader)
-            self._maybe_eval(where.step)
+            if self.config.checkpoint.every and cursor.step % self.config.checkpoint.every == 0:
+                result.last_checkpoint = self._save(cursor, loader)
+            self._maybe_eval(cursor.step)
         return False
 
     # ---------------------------------------------------------------------------------------- step
@@ -256,17 +257,17 @@ class Trainer:
         self,
         iterator: Iterator[Any],
         loader: Iterable[Any],
-        where: _Position,
+        cursor: _LoopCursor,
         total: int,
         result: TrainResult,
     ) -> bool:
         """One optimizer step (``accumulation`` micro-batches); False when the epoch's data ran out first."""
-        step = where.step
+        step = cursor.step
         values = schedule_values(step, total, self.config.optimizer, self.config.schedule)
         apply_schedule(self.optimizer, values)
         self.objective.before_step(step, values)
         self.timer.reset()
-        outcome = self._accumulate(iterator, loader, where)
+        outcome = self._accumulate(iterator, loader, cursor)
         if outcome is None:
             return False
         losses, parts, report = outcome
@@ -278,15 +279,15 @@ class Trainer:
             result.skipped_steps.append(step)
         loss = float(torch.stack(losses).mean())
         result.losses.append(loss)
-        where.step += 1
-        result.steps_done = where.step
-        next(self._progress, None)
-        if where.step % self.config.log_every == 0 or where.step == total:
-            self._log(where.step, loss, parts, values)
+        cursor.step += 1
+        result.steps_done = cursor.step
+        next(self._step_bar, None)
+        if cursor.step % self.config.log_every == 0 or cursor.step == total:
+            self._log(cursor.step, loss, parts, values)
         return True
 
     def _accumulate(
-        self, iterator: Iterator[Any], loader: Iterable[Any], where: _Position
+        self, iterator: Iterator[Any], loader: Iterable[Any], cursor: _LoopCursor
     ) -> tuple[list[Tensor], dict[str, list[Tensor]], NonFiniteReport | None] | None:
         """Forward + guard + backward over the micro-batches of one step, up to (not including) the
         optimizer step. Returns (losses, parts, non-finite report or None); None when the data ran out."""
@@ -303,12 +304,12 @@ class Trainer:
                     )
                 return None
             out = self._forward(batch)
-            report = report or check_finite(out.loss, out.parts, where.step, self.rank, self.world_size)
+            report = report or check_finite(out.loss, out.parts, cursor.step, self.rank, self.world_size)
             if report is not None and self.config.nan_policy == "stop":
-                self._stop(report, where, loader, micro)
+                self._stop(report, cursor, loader, micro)
             with self.timer.phase("backward"):
                 self.engine.backward(out.loss)
-            where.position += 1
+            cursor.position += 1
             losses.append(out.loss.detach().float())
             for name, value in out.parts.items():
                 parts.setdefault(name, []).append(value.detach().float())
@@ -339,26 +340,26 @@ class Trainer:
             finally:
                 self.base_optimizer.skip_next_step = False
 
-    def _stop(self, report: NonFiniteReport, where: _Position, loader: Iterable[Any], micro: int) -> None:
-        where.position -= micro  # the checkpoint restarts this step from its first micro-batch
-        path = self._save(where, loader)
+    def _stop(self, report: NonFiniteReport, cursor: _LoopCursor, loader: Iterable[Any], micro: int) -> None:
+        cursor.position -= micro  # the checkpoint restarts this step from its first micro-batch
+        path = self._save(cursor, loader)
         raise NonFiniteLossError(f"{report.message()}; checkpoint of the last good step saved to {path}")
 
     # ------------------------------------------------------------------------------ state & logging
-    def _client_state(self, where: _Position, loader: Iterable[Any]) -> dict[str, Any]:
+    def _client_state(self, cursor: _LoopCursor, loader: Iterable[Any]) -> dict[str, Any]:
         return {
-            "step": where.step,
-            "epoch": where.epoch,
-            "position": where.position,
+            "step": cursor.step,
+            "epoch": cursor.epoch,
+            "position": cursor.position,
             "sampler": sampler_state(loader),
             "schedule": plain_dict(self.config.schedule) | {"optimizer": plain_dict(self.config.optimizer)},
             "world_size": self.world_size,
         }
 
-    def _save(self, where: _Position, loader: Iterable[Any]) -> Path:
+    def _save(self, cursor: _LoopCursor, loader: Iterable[Any]) -> Path:
         """Checkpoint; the objective's extra state rides in client_state when every rank holds the same,
         else (or when the objective declares it per rank, e.g. bank shards) in each rank's own file."""
-        client_state = self._client_state(where, loader)
+        client_state = self._client_state(cursor, loader)
         extra = self.objective.extra_state()
         per_rank = self.objective.extra_state_per_rank and self.world_size > 1
         shared = not per_rank and same_on_all_ranks(extra, self.world_size)
@@ -366,7 +367,7 @@ class Trainer:
         return save_checkpoint(
             self.engine,
             self.checkpoint_dir,
-            where.step,
+            cursor.step,
             client_state,
             self.config.checkpoint.keep_last,
             rank_state=None if shared else {"objective": extra},
@@ -386,11 +387,11 @@ class Trainer:
             raise ValueError(f"train.checkpoint.resume={resume!r} holds no checkpoint")
         return folder
 
-    def _resume(self) -> tuple[_Position, dict[str, Any] | None, dict[str, Any] | None]:
+    def _resume(self) -> tuple[_LoopCursor, dict[str, Any] | None, dict[str, Any] | None]:
         """Load the checkpoint named by ``checkpoint.resume``; returns (position, rng, sampler state)."""
         folder = self.checkpoint_to_resume()
         if folder is None:
-            return _Position(), None, None
+            return _LoopCursor(), None, None
         state, rng, own = load_checkpoint(self.engine, folder)
         extra = state.get("objective")
         if extra is None:
@@ -405,14 +406,14 @@ class Trainer:
             )
             seed_everything(self.config.seed + self.rank + 1_000_003 * int(state["step"]))
         return (
-            _Position(int(state["step"]), int(state["epoch"]), int(state["position"])),
+            _LoopCursor(int(state["step"]), int(state["epoch"]), int(state["position"])),
             rng,
             state.get("sampler"),
         )
 
     def _check_resumed_settings(self, state: dict[str, Any], folder: Path) -> None:
         """Warn when the schedule or the world size changed since the checkpoint (then not exact)."""
-        now = self._client_state(_Position(), [])
+        now = self._client_state(_LoopCursor(), [])
         for key in ("schedule", "world_size"):
             if key in state and state[key] != now[key]:
                 logger.warning("%s was saved with %s=%s, this run has %s", folder, key, state[key], now[key])
@@ -436,9 +437,9 @@ class Trainer:
         self.tracker.log(metrics, step=steps_done)
 
     def _maybe_eval(self, step: int, force: bool = False) -> None:
-        every = self.config.eval_every
-        if self.eval_fn is None or step == self._last_eval or not (force or (every and step % every == 0)):
+        every = self.config.eval_every or 0
+        if self.evaluator is None or step == self._last_eval or not (force or (every and step % every == 0)):
             return
         self._last_eval = step
-        metrics = dict(self.eval_fn(self.objective, step))
+        metrics = dict(self.evaluator(self.objective, step))
         self.tracker.log({f"eval/{key}": value for key, value in metrics.items()}, step=step)

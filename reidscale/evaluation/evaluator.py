@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from reidscale.config.schema import EvalConfig
+from reidscale.evaluation.config import EvalConfig
 from reidscale.evaluation.distance import distance_chunks, l2_normalize
 from reidscale.evaluation.features import FeatureSet
 from reidscale.evaluation.metrics import RankMetricAccumulator, RankMetrics, query_chunk_size

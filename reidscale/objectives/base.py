@@ -4,6 +4,11 @@ An objective is an ``nn.Module`` that owns everything trainable (backbone, heads
 keeps between steps (memory banks, an EMA teacher, centring vectors). The engine wraps it with DeepSpeed,
 feeds it batches, steps the optimizer and calls the hooks below; it knows nothing about the method.
 
+Once, on every rank, after the engine has placed the objective on its device and before training (and
+before a checkpoint's ``load_extra_state``)::
+
+    objective.setup(context)                          # banks, queues, teachers: see TrainingContext
+
 Per step, on every rank::
 
     objective.before_step(step, schedule_values)     # lr / wd / momentum / temperature of this iteration
@@ -19,6 +24,7 @@ teacher where there is one).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +47,30 @@ class StepOutput:
     num_images: int = 0
 
 
+@dataclass
+class TrainingContext:
+    """What ``Objective.setup`` learns about the run it is part of.
+
+    Attributes:
+        device: where the engine placed the objective's parameters.
+        rank, world_size: this process's place in the job.
+        steps_per_epoch: optimizer steps per pass over the training data (for schedules counted in epochs).
+        resuming: True when a checkpoint will restore ``extra_state`` right after: build the state's
+            containers, but do not fill them.
+        init_batches: ``init_batches(start, stop, batch)`` iterates ``(index [b] int64, images [b, 3, H, W])``
+            over the training rows ``[start, stop)`` without augmentation, e.g. to fill a memory bank.
+        report: prints one line on rank 0 (and nothing elsewhere).
+    """
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    steps_per_epoch: int = 1
+    resuming: bool = False
+    init_batches: Callable[[int, int, int], Iterator[tuple[Tensor, Tensor]]] | None = None
+    report: Callable[[str], None] = print
+
+
 class Objective(nn.Module):
     """Base class of training objectives (see the module docstring for the engine's calling protocol)."""
 
@@ -52,6 +82,10 @@ class Objective(nn.Module):
 
     def forward(self, batch: Any) -> StepOutput:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must implement forward(batch) -> StepOutput")
+
+    def setup(self, context: TrainingContext) -> None:
+        """Build what depends on the run (memory banks, queues, teachers) once the device is known; see
+        :class:`TrainingContext`. Default: nothing to build."""
 
     def before_step(self, step: int, schedule_values: dict[str, float]) -> None:
         """Called before the forward pass of iteration ``step`` with this iteration's schedule values."""

@@ -1,22 +1,23 @@
-"""The run's tracker built from the ``tracking`` section of the config (one place for every command)."""
+"""The run's tracker, built from the ``tracking`` section of a command's config (one place for all)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from reidscale.config import Config, config_to_dict
+from reidscale.config.loader import config_to_dict
 from reidscale.tracking import WandbOptions, build_tracker
 from reidscale.tracking.base import Tracker
 
 
 def tracker_from_config(
-    config: Config, run_dir: str | Path, jsonl_path: str | Path, extra: dict[str, Any] | None = None
+    config: Any, run_dir: str | Path, jsonl_path: str | Path, extra: dict[str, Any] | None = None
 ) -> Tracker:
     """``config.tracking``'s backends on rank 0 (a NullTracker on other ranks), logging into ``run_dir``.
 
     Args:
-        config: the resolved config (logged by every backend at start, with ``extra`` merged in).
+        config: the command's resolved config root, with ``tracking`` and ``run`` sections (logged by every
+            backend at start, with ``extra`` merged in).
         run_dir: folder of the run (wandb writes below it).
         jsonl_path: the jsonl backend's file unless ``tracking.jsonl_path`` sets one.
         extra: more key → value pairs to log with the config (e.g. input file names).

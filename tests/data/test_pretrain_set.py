@@ -328,8 +328,6 @@ def test_sampler_needs_one_global_batch() -> None:
         ("manifest_options", ["strict"]),
         ("frame_stride", 0),
         ("max_per_tracklet", -1),
-        ("image_height", 0),
-        ("image_width", 2.5),
         ("cache_dir", ""),
         ("decode_backend", "nvdec"),
         ("decode_device", "cuda"),
@@ -347,13 +345,11 @@ def test_build_pretrain_set_from_video_then_reuse(corpus: Path, tmp_path: Path) 
         path=str(corpus),
         frame_stride=8,
         max_per_tracklet=3,
-        image_height=SIZE[0],
-        image_width=SIZE[1],
         cache_dir=str(tmp_path),
         decode_backend="pyav",
         flip_prob=0.0,
     )
-    dataset, sampler = build_pretrain_set(config, batch_per_rank=4, seed=0, rank=0, world_size=1)
+    dataset, sampler = build_pretrain_set(config, SIZE, batch_per_rank=4, seed=0, rank=0, world_size=1)
     records = select_records(load_manifest("video_tracklets", corpus), 8, 3)
     assert dataset.num_images == len(records) and " built at " in dataset.summary
     assert dataset.pids.tolist() == [r.pid for r in records]
@@ -361,16 +357,14 @@ def test_build_pretrain_set_from_video_then_reuse(corpus: Path, tmp_path: Path) 
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler)
     first = next(iter(loader))
     assert first["image"].shape == (4, 3, *SIZE) and first["index"].tolist() == next(iter(sampler))
-    again, _ = build_pretrain_set(config, batch_per_rank=4, seed=0, rank=0, world_size=1)
+    again, _ = build_pretrain_set(config, SIZE, batch_per_rank=4, seed=0, rank=0, world_size=1)
     assert " reused at " in again.summary and again.cache.folder == dataset.cache.folder
 
 
 def test_default_cache_dir_is_beside_the_data(corpus: Path, tmp_path: Path) -> None:
     market = tmp_path / "market"
     shutil.copytree(corpus / "market" / "bounding_box_train", market / "bounding_box_train")
-    config = PretrainDataConfig(
-        source="market", path=str(market), frame_stride=1, image_height=16, image_width=8
-    )
-    dataset, _ = build_pretrain_set(config, batch_per_rank=2, rank=0, world_size=1)
+    config = PretrainDataConfig(source="market", path=str(market), frame_stride=1)
+    dataset, _ = build_pretrain_set(config, (16, 8), batch_per_rank=2, rank=0, world_size=1)
     assert dataset.cache.folder.parent == market / ".reidscale_cache"
     assert open_crop_cache(dataset.cache.folder).num_rows == dataset.num_images

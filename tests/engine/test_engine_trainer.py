@@ -103,7 +103,7 @@ def test_epochs_tracking_and_eval(single_rank: None, tmp_path) -> None:
     )
     config.checkpoint.every = 2  # saves at steps 2 and 4, and step 4 once more at the end
     with tracker:
-        result = Trainer(objective, config, tmp_path, tracker=tracker, eval_fn=evaluate).run([BATCH] * 5)
+        result = Trainer(objective, config, tmp_path, tracker=tracker, evaluator=evaluate).run([BATCH] * 5)
     assert result.steps_done == 4 and calls == [2, 4]  # 5 // 2 = 2 steps per epoch; the odd batch is dropped
     # each step: two micro-batches with the same gradient (a, b), averaged; cosine lr 1 → 0 over 4 steps:
     # 1 + (1 + √½)/2 + 1/2 + (1 - √½)/2 = 2.5

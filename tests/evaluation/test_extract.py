@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from reidscale.config.schema import EvalConfig
 from reidscale.data.reid_images import IMAGENET_MEAN, IMAGENET_STD
+from reidscale.evaluation.config import EvalConfig
 from reidscale.evaluation.datasets import ReidDataset, load_dataset
 from reidscale.evaluation.evaluator import evaluate_feature_set
 from reidscale.evaluation.extract import extract_features, extract_to_file

@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from reidscale.config import Config, load_config
-from reidscale.config.schema import EvalConfig
+from reidscale.config import load_config
 from reidscale.data.synth import build_corpus
-from reidscale.jobs.common import split_metrics
+from reidscale.evaluation.config import EvalConfig
+from reidscale.evaluation.during_training import split_metrics
+from reidscale.jobs.roots import root_for
 from reidscale.models import backbone_from_config, create_backbone
 from reidscale.objectives.selective.heads import SelectiveFeatures, SelectiveNet
 from tests.integration.test_cli_finetune import _config as finetune_config
@@ -48,7 +49,7 @@ run: {{name: {name}, output_dir: {tmp / "runs"}, seed: 0}}
 tracking: {{backends: [jsonl], progress: false}}
 model: {{name: resnet18, img_size: [64, 32]}}
 pretrain_data: {{source: video_tracklets, path: {corpus}, frame_stride: 4, max_per_tracklet: 1,
-                image_height: 64, image_width: 32, cache_dir: {tmp / "cache"}, decode_backend: pyav}}
+                cache_dir: {tmp / "cache"}, decode_backend: pyav}}
 pretrain: {{batch_size: 16, eval_dataset: market1501, eval_root: {corpus / "market"}, eval_every_epochs: 0}}
 scl: {{global_dim: 32, local_dim: 8, num_stripes: 4, num_positives: 3, num_negatives: 12, warmup_epochs: 1,
       init_batch_size: 16}}
@@ -147,7 +148,7 @@ def test_single_rank_outputs(single_run: tuple[Path, str], corpus: Path) -> None
     copy = load_file(str(run_dir / "backbone.safetensors"))
     assert set(copy) == set(state) and all(torch.equal(copy[key], value) for key, value in state.items())
     # backbone + heads rebuild the test-feature model whose features the run wrote
-    config = load_config(Config, config_path, [])
+    config = load_config(root_for("pretrain"), config_path, [])
     net = SelectiveNet(backbone, config.scl)
     net.load_state_dict(
         {
@@ -252,7 +253,7 @@ def test_pretrained_backbone_reaches_extract_export_finetune_and_pretrain(
     )
     scratch = json.loads((pretrain_config.parent / "runs" / "single" / "results.json").read_text())
     continued = json.loads((pretrain_config.parent / "runs" / "continued" / "results.json").read_text())
-    settings = load_config(Config, pretrain_config, ["--model.weights", str(weights)])
+    settings = load_config(root_for("pretrain"), pretrain_config, ["--model.weights", str(weights)])
     torch.manual_seed(settings.run.seed)
     net = SelectiveNet(backbone_from_config(settings.model), settings.scl)
     continued_expected, _ = split_metrics(
@@ -269,17 +270,20 @@ def test_pretrained_backbone_reaches_extract_export_finetune_and_pretrain(
 
 
 def test_pretrain_rejects_bad_settings(tmp_path: Path, corpus: Path) -> None:
-    from reidscale.config import Config, load_config
-    from reidscale.jobs.pretrain import derived_train_config
+    from reidscale.jobs.train import train_settings
+    from reidscale.methods import method_spec
 
-    config = load_config(Config, _config(tmp_path, corpus, "checks"), [])
-    train = derived_train_config(config, 2, steps_per_epoch=5)
+    config = load_config(root_for("pretrain"), _config(tmp_path, corpus, "checks"), [])
+    spec = method_spec("pretrain", config.pretrain.method)
+    train = train_settings(spec, config, 2, batches_per_epoch=5)
     assert (train.micro_batch, train.grad_accumulation, train.eval_every) == (8, 1, 0)
     with pytest.raises(ValueError, match="multiple of the number of ranks"):
-        derived_train_config(config, 3, steps_per_epoch=5)
-    config.model.img_size = [256, 128]
-    with pytest.raises(ValueError, match=r"model.img_size \[256, 128\] must equal"):
-        derived_train_config(config, 1, steps_per_epoch=5)
+        train_settings(spec, config, 3, batches_per_epoch=5)
+    config.train.micro_batch = 4
+    with pytest.raises(
+        ValueError, match=r"train.micro_batch is set to 4, but pretrain derives it \(from pretrain"
+    ):
+        train_settings(spec, config, 1, batches_per_epoch=5)
     config_path = tmp_path / "checks.yaml"
     command = [sys.executable, "-m", "reidscale", "pretrain", "--config", str(config_path)]
     proc = run_command([*command, "--scl.num_negatives=0"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from reidscale.config.schema import EvalConfig
+from reidscale.evaluation.config import EvalConfig
 from reidscale.evaluation.evaluator import evaluate_feature_set, iter_query_distances, results_payload
 from reidscale.evaluation.features import FeatureSet
 

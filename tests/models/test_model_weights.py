@@ -189,7 +189,7 @@ def test_dino_vit_teacher_loads_into_a_timm_vit_at_the_reid_size(tmp_path: Path)
 
 
 def test_reidscale_run_outputs_and_the_old_pretrain_layout_load(tmp_path: Path) -> None:
-    from reidscale.jobs.common import write_run_outputs
+    from reidscale.jobs.outputs import write_run_outputs
     from reidscale.objectives.selective.config import SelectiveConfig
     from reidscale.objectives.selective.heads import SelectiveFeatures, SelectiveNet
 

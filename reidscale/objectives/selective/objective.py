@@ -13,8 +13,9 @@ One step, on every rank (B anchors each, W ranks, Bg = W·B)::
     loss = λ_p·L(l_cat) + (1 − λ_p)·L(g)                        through bank_contrastive_loss (fused kernels)
     bank updates (banks.py), then the engine's backward and optimizer step
 
-The banks are built (zeros) by :meth:`SelectiveContrastive.attach_banks` once the device is known, filled
-by :meth:`initialise_banks` (one pass over this rank's rows) or by a checkpoint, and checkpointed per rank.
+:meth:`SelectiveContrastive.setup` builds the banks (zeros, :meth:`attach_banks`) once the device is known
+and fills them by one pass over this rank's rows (:meth:`initialise_banks`) unless a checkpoint restores
+them; they are checkpointed per rank.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from torch import Tensor, nn
 
 from reidscale.kernels import bank_contrastive_loss
 from reidscale.models.registry import Backbone
-from reidscale.objectives.base import Objective, StepOutput
+from reidscale.objectives.base import Objective, StepOutput, TrainingContext
 from reidscale.objectives.selective.banks import Anchors, SelectiveBanks
 from reidscale.objectives.selective.config import SelectiveConfig
 from reidscale.objectives.selective.heads import SelectiveFeatures, SelectiveNet, local_concat
@@ -69,6 +70,22 @@ class SelectiveContrastive(Objective):
         self.epoch = 0
 
     # ------------------------------------------------------------------------------------- set-up
+    def setup(self, context: TrainingContext) -> None:
+        """Banks on ``context.device`` (this rank's shard), the epoch length of the warm-up, and, unless
+        resuming, the banks filled by one pass over this rank's rows (``context.init_batches``)."""
+        banks = self.attach_banks(context.device, context.rank, context.world_size)
+        self.set_steps_per_epoch(context.steps_per_epoch)
+        if context.resuming:
+            return
+        if context.init_batches is None:
+            raise ValueError("selective contrastive learning needs context.init_batches to fill its banks")
+        rows = context.init_batches(banks.shards.start, banks.shards.stop, self.config.init_batch_size)
+        filled = self.initialise_banks(rows)
+        context.report(
+            f"memory banks: {banks.num_rows} rows in {context.world_size} shard(s) of "
+            f"{self.config.bank_dtype}; rank 0 initialised its {filled} rows"
+        )
+
     def attach_banks(self, device: torch.device, rank: int = 0, world_size: int = 1) -> SelectiveBanks:
         """Create this rank's (zero) bank shard on ``device``; call once the engine has placed the model."""
         self.banks = SelectiveBanks(self.num_rows, self._cameras, self.config, device, rank, world_size)

@@ -1,0 +1,141 @@
+"""What every pre-training method shares: the ``pretrain`` section (method, global batch, periodic
+evaluation), the indexed image set of ``pretrain_data`` as training data, and the derived engine fields."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from reidscale.config.compose import Section
+from reidscale.data.pretrain_set import PretrainDataConfig, build_pretrain_set
+from reidscale.evaluation.datasets import DATASET_NAMES
+from reidscale.methods.spec import DerivedTrain, EvalPlan, TrainingData
+from reidscale.utils.options import option
+
+
+@dataclass
+class PretrainConfig:
+    """Unsupervised pre-training (``reidscale pretrain``): method, batch and the periodic evaluation."""
+
+    method: str = option("selective", "pre-training method (`reidscale config pretrain` lists them)")
+    batch_size: int = option(64, "images per global step, split evenly over the ranks")
+    eval_dataset: str | None = option(
+        "market1501", "benchmark reader of the evaluation split (null = no evaluation)"
+    )
+    eval_root: str = option(
+        "data/synth_demo/market", "folder of the Market-format query/gallery evaluated during training"
+    )
+    eval_every_epochs: int = option(1, "evaluate every E epochs (0 = only before and after training)")
+    flip_test: bool = option(False, "average each test feature with that of the mirrored image")
+    until_step: int | None = option(
+        None,
+        "stop after this many steps of the run's schedule with a checkpoint (to split a run over "
+        "time-limited jobs; resume with train.checkpoint.resume=auto); null = train to the end",
+    )
+
+    def __post_init__(self) -> None:
+        from reidscale.methods.registry import method_names
+
+        known = method_names("pretrain")
+        if known and self.method not in known:
+            raise ValueError(f"pretrain.method must be one of {known}, got {self.method!r}")
+        if self.batch_size < 2:
+            raise ValueError(f"pretrain.batch_size must be >= 2, got {self.batch_size}")
+        if self.until_step is not None and self.until_step < 1:
+            raise ValueError(f"pretrain.until_step must be >= 1 or null, got {self.until_step}")
+        if self.eval_every_epochs < 0:
+            raise ValueError(f"pretrain.eval_every_epochs must be >= 0, got {self.eval_every_epochs}")
+        if self.eval_dataset is not None and self.eval_dataset.lower() not in DATASET_NAMES:
+            raise ValueError(
+                f"pretrain.eval_dataset must be one of {DATASET_NAMES} or null, got {self.eval_dataset!r}"
+            )
+
+
+PRETRAIN_SECTION = Section(
+    "pretrain",
+    PretrainConfig,
+    "unsupervised pre-training: method, batch, periodic evaluation (reidscale pretrain)",
+)
+INDEXED_IMAGES_SECTION = Section(
+    "pretrain_data",
+    PretrainDataConfig,
+    "pre-training images: manifest, frame subsampling, crop cache, decoding",
+)
+
+
+def indexed_images(config: Any, rank: int, world_size: int) -> TrainingData:
+    """The fixed, indexed image set of ``pretrain_data`` at the input size ``model.img_size``; each rank draws
+    ``pretrain.batch_size / world_size`` images per step. Facts: ``cameras`` [N], ``pids`` [N] (tracklets).
+
+    Raises:
+        ValueError: ``pretrain.batch_size`` does not split evenly over the ranks.
+    """
+    size = (int(config.model.img_size[0]), int(config.model.img_size[1]))
+    dataset, sampler = build_pretrain_set(
+        config.pretrain_data,
+        size,
+        pretrain_micro_batch(config, world_size),
+        config.run.seed,
+        rank,
+        world_size,
+    )
+
+    def init_batches(start: int, stop: int, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for first in range(start, stop, batch):
+            rows = list(range(first, min(first + batch, stop)))
+            yield torch.tensor(rows, dtype=torch.int64), torch.stack([dataset.test_view(i) for i in rows])
+
+    return TrainingData(
+        dataset=dataset,
+        batch_sampler=sampler,
+        num_workers=config.pretrain_data.num_workers,
+        summary=dataset.summary,
+        init_batches=init_batches,
+        facts={"cameras": dataset.cameras, "pids": dataset.pids},
+    )
+
+
+def pretrain_micro_batch(config: Any, world_size: int) -> int:
+    """Images per rank per step: ``pretrain.batch_size / world_size`` (ValueError when it does not split)."""
+    batch = config.pretrain.batch_size
+    if batch % world_size:
+        raise ValueError(
+            f"pretrain.batch_size ({batch}) must be a multiple of the number of ranks ({world_size})"
+        )
+    return batch // world_size
+
+
+def derive_pretrain_train(config: Any, world_size: int, batches_per_epoch: int) -> DerivedTrain:
+    """The engine fields every pre-training method derives: this rank's share of ``pretrain.batch_size``,
+    no accumulation, and ``pretrain.eval_every_epochs`` in steps."""
+    per_rank = "from pretrain.batch_size / number of ranks"
+    return DerivedTrain(
+        values={
+            "micro_batch": pretrain_micro_batch(config, world_size),
+            "global_batch": None,
+            "grad_accumulation": 1,
+            "eval_every": config.pretrain.eval_every_epochs * batches_per_epoch,
+        },
+        reasons={
+            "micro_batch": per_rank,
+            "global_batch": "it is pretrain.batch_size",
+            "grad_accumulation": "always 1: the batch is the unit of selection and of the bank updates",
+            "eval_every": "from pretrain.eval_every_epochs",
+        },
+    )
+
+
+def pretrain_eval_plan(config: Any) -> EvalPlan | None:
+    """``pretrain.eval_dataset`` at ``pretrain.eval_root`` (None = no evaluation)."""
+    pretrain = config.pretrain
+    if pretrain.eval_dataset is None:
+        return None
+    return EvalPlan(pretrain.eval_dataset, pretrain.eval_root, pretrain.flip_test)
+
+
+def pretrain_until_step(config: Any) -> int | None:
+    """``pretrain.until_step``."""
+    return config.pretrain.until_step
