@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from reidscale.config.schema import EvalConfig
-from reidscale.evaluation.datasets import load_dataset
+from reidscale.data.datasets import load_dataset
 from reidscale.evaluation.evaluator import evaluate_feature_set, save_rank_lists
 from reidscale.evaluation.extract import extract_features
 from reidscale.evaluation.features import FeatureSet, save_feature_file

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from reidscale.evaluation.datasets import DATASET_NAMES
+from reidscale.data.datasets import DATASET_NAMES
 from reidscale.utils.options import option
 
 

@@ -16,9 +16,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from reidscale.data.datasets import DATASET_NAMES
 from reidscale.data.reid_images import ReidImageDataset, build_train_transform, load_split, pk_batch_sampler
 from reidscale.data.sampler import IdentitySampler
-from reidscale.evaluation.datasets import DATASET_NAMES
 from reidscale.objectives.base import Objective, StepOutput
 from reidscale.objectives.losses import TRIPLET_MODES, batch_hard_triplet, cross_entropy_label_smooth
 from reidscale.utils.options import option
@@ -28,7 +28,7 @@ from reidscale.utils.options import option
 class FinetuneConfig:
     """Supervised BoT-style fine-tuning (``reidscale finetune``): data, batches, augmentations, losses."""
 
-    dataset: str = option("market1501", "training benchmark, one of the evaluation readers' dataset names")
+    dataset: str = option("market1501", "training benchmark, one of the benchmark readers' dataset names")
     dataset_root: str = option("data", "folder holding the dataset (or its release-named parent)")
     ids_per_batch: int = option(16, "P: identities per global batch (split evenly over the ranks)")
     images_per_id: int = option(4, "K: images per identity in a batch")

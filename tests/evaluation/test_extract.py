@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from reidscale.config.schema import EvalConfig
+from reidscale.data.datasets import ReidDataset, load_dataset
 from reidscale.data.reid_images import IMAGENET_MEAN, IMAGENET_STD
-from reidscale.evaluation.datasets import ReidDataset, load_dataset
 from reidscale.evaluation.evaluator import evaluate_feature_set
 from reidscale.evaluation.extract import extract_features, extract_to_file
 from reidscale.evaluation.features import load_feature_file

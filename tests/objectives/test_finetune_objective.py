@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from reidscale.config.loader import build_config
 from reidscale.config.schema import EvalConfig
-from reidscale.evaluation.datasets import load_dataset
+from reidscale.data.datasets import load_dataset
 from reidscale.evaluation.evaluator import evaluate_feature_set
 from reidscale.evaluation.extract import extract_features
 from reidscale.objectives.base import StepOutput

@@ -26,7 +26,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from ...evaluation.datasets.base import absolute_folder, layout_tree, require_subfolders
+from ..datasets.base import absolute_folder, layout_tree, require_subfolders
 from ..records import CropRecord, Manifest
 from .common import IssuePolicy, ManifestError, dense_labels
 from .mot import MOT_LINE_HELP, TrackBox, VideoInfo, fit_box, probe_video, read_mot_file
