@@ -30,11 +30,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from reidscale.config import Config, write_run_record
+from reidscale.data.finetune_set import finetune_train_data
 from reidscale.engine.config import TrainConfig
 from reidscale.jobs.common import gathered_state_dict, split_metrics, write_run_outputs
 from reidscale.models.config import backbone_from_config
 from reidscale.objectives.base import Objective
-from reidscale.objectives.finetune import FinetuneObjective, finetune_train_data
+from reidscale.objectives.finetune import FinetuneObjective
 from reidscale.utils.dist import get_rank, get_world_size
 
 

@@ -17,8 +17,6 @@ import torch
 from torch import Tensor, nn
 
 from reidscale.data.datasets import DATASET_NAMES
-from reidscale.data.reid_images import ReidImageDataset, build_train_transform, load_split, pk_batch_sampler
-from reidscale.data.sampler import IdentitySampler
 from reidscale.objectives.base import Objective, StepOutput
 from reidscale.objectives.losses import TRIPLET_MODES, batch_hard_triplet, cross_entropy_label_smooth
 from reidscale.utils.options import option
@@ -62,25 +60,6 @@ class FinetuneConfig:
         check_loss_settings(
             self.ce_weight, self.triplet_weight, self.label_smoothing, self.triplet_mode, self.triplet_margin
         )
-
-
-def finetune_train_data(
-    config: FinetuneConfig, seed: int = 0, rank: int | None = None, world_size: int | None = None
-) -> tuple[ReidImageDataset, IdentitySampler]:
-    """The training images of ``config.dataset`` with the BoT augmentations, and this rank's PK sampler
-    (``DataLoader(dataset, batch_sampler=sampler)``; ``sampler.set_epoch(e)`` before each epoch)."""
-    transform = build_train_transform(
-        config.image_height,
-        config.image_width,
-        flip_prob=0.5 if config.hflip else 0.0,
-        pad=config.pad,
-        erasing_prob=config.random_erasing,
-    )
-    dataset = load_split(config.dataset, config.dataset_root, "train", transform)
-    sampler = pk_batch_sampler(
-        dataset.pids, config.ids_per_batch, config.images_per_id, seed, rank=rank, world_size=world_size
-    )
-    return dataset, sampler
 
 
 def check_loss_settings(

@@ -15,10 +15,11 @@ from torch.utils.data import DataLoader
 from reidscale.config.loader import build_config
 from reidscale.config.schema import EvalConfig
 from reidscale.data.datasets import load_dataset
+from reidscale.data.finetune_set import finetune_train_data
 from reidscale.evaluation.evaluator import evaluate_feature_set
 from reidscale.evaluation.extract import extract_features
 from reidscale.objectives.base import StepOutput
-from reidscale.objectives.finetune import FinetuneConfig, FinetuneObjective, finetune_train_data
+from reidscale.objectives.finetune import FinetuneConfig, FinetuneObjective
 from reidscale.objectives.losses import batch_hard_triplet, cross_entropy_label_smooth
 from tests.support.tiny_market import TinyBackbone, write_tiny_market
 
