@@ -24,8 +24,8 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from reidscale.data.datasets import ImageRecord, load_dataset
+from reidscale.data.normalize import NormalizeImage
 from reidscale.data.sampler import IdentitySampler
-from reidscale.data.views.spec import IMAGENET_MEAN, IMAGENET_STD
 from reidscale.utils.dist import get_rank, get_world_size
 
 ERASING_SCALE: tuple[float, float] = (0.02, 0.4)
@@ -44,7 +44,7 @@ def build_test_transform(height: int = 256, width: int = 128) -> Callable[[Image
         [
             T.Resize((height, width), interpolation=T.InterpolationMode.BILINEAR),
             T.ToTensor(),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            NormalizeImage(),
         ]
     )
 
@@ -73,7 +73,7 @@ def build_train_transform(
         steps.append(T.RandomHorizontalFlip(p=flip_prob))
     if pad > 0:
         steps += [T.Pad(pad, fill=0), T.RandomCrop((height, width))]
-    steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    steps += [T.ToTensor(), NormalizeImage()]
     if erasing_prob > 0:
         steps.append(T.RandomErasing(p=erasing_prob, scale=ERASING_SCALE, ratio=ERASING_RATIO, value=0))
     return T.Compose(steps)

@@ -11,6 +11,7 @@ from torchvision import transforms as T
 
 from reidscale.data.datasets import load_dataset
 from reidscale.data.finetune_set import finetune_train_data
+from reidscale.data.normalize import NormalizeImage
 from reidscale.objectives.finetune import FinetuneConfig
 from tests.support.tiny_market import write_tiny_market
 
@@ -35,7 +36,7 @@ def test_train_split_and_pk_batches(tmp_path: Path) -> None:
         T.Pad,
         T.RandomCrop,
         T.ToTensor,
-        T.Normalize,
+        NormalizeImage,
         T.RandomErasing,
     ]
     assert dataset[0]["image"].shape == (3, 32, 16)
@@ -60,7 +61,7 @@ def test_switches_turn_the_augmentations_off(tmp_path: Path) -> None:
     )
     dataset, _ = finetune_train_data(config, rank=0, world_size=1)
     steps = [type(step) for step in dataset.transform.transforms]
-    assert steps == [T.Resize, T.ToTensor, T.Normalize]
+    assert steps == [T.Resize, T.ToTensor, NormalizeImage]
     torch.manual_seed(0)
     first = dataset[3]["image"]
     torch.manual_seed(1)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from reidscale.config.schema import EvalConfig
 from reidscale.data.datasets import ReidDataset, load_dataset
-from reidscale.data.reid_images import IMAGENET_MEAN, IMAGENET_STD
+from reidscale.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from reidscale.evaluation.evaluator import evaluate_feature_set
 from reidscale.evaluation.extract import extract_features, extract_to_file
 from reidscale.evaluation.features import load_feature_file
