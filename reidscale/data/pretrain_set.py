@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from reidscale.data.crop_cache import CropCache, Progress, build_crop_cache
+from reidscale.data.crop_cache import CropCache, CropProgressCallback, build_crop_cache
 from reidscale.data.decode.loader import BACKENDS
 from reidscale.data.manifests import MANIFEST_KINDS, load_manifest, manifest_options
 from reidscale.data.normalize import normalize_image
@@ -255,7 +255,7 @@ def build_pretrain_set(
     seed: int = 0,
     rank: int | None = None,
     world_size: int | None = None,
-    progress: Progress | None = None,
+    progress: CropProgressCallback | None = None,
 ) -> tuple[PretrainImageSet, IdentitySampler]:
     """Read the manifest, select the records, build or reuse the crop cache, and return the dataset with
     this rank's sampler. ``dataset.summary`` holds (and the log gets) one line of what was read, selected,
