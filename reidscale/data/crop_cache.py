@@ -52,7 +52,7 @@ UNREADABLE_IMAGE = "unreadable_image"  # skip reason: PIL cannot open or decode 
 CACHE_STATUSES: tuple[str, ...] = ("built", "reused", "opened")
 DECODE_BATCH = 64
 LOG_EVERY_S = 10.0
-Progress = Callable[[int, int], None]  # (records handled so far, total records)
+CropProgressCallback = Callable[[int, int], None]  # (records handled so far, total records)
 logger = logging.getLogger(__name__)
 
 
@@ -161,10 +161,10 @@ def _load_image(record: CropRecord, out_size: tuple[int, int]) -> np.ndarray | s
     return np.asarray(resized, dtype=np.uint8)
 
 
-class _Progress:
+class _ProgressCounter:
     """Counts handled records; calls ``callback`` on every update and logs a line every LOG_EVERY_S."""
 
-    def __init__(self, total: int, callback: Progress | None) -> None:
+    def __init__(self, total: int, callback: CropProgressCallback | None) -> None:
         self.total, self.callback, self.done = total, callback, 0
         self.started = self.last_log = time.monotonic()
 
@@ -185,7 +185,7 @@ def _decode_into(
     backend: str,
     device: str,
     num_threads: int,
-    progress: _Progress,
+    progress: _ProgressCounter,
 ) -> tuple[np.ndarray, DecodeStats]:
     """Write the crop of record i into crops[i]; returns (decoded bool [len(records)], stats)."""
     decoded = np.zeros(len(records), dtype=bool)
@@ -281,7 +281,7 @@ def _write_cache(
     fingerprint: str,
     out_size: tuple[int, int],
     decode: dict,
-    progress: Progress | None,
+    progress: CropProgressCallback | None,
 ) -> None:
     """Decode ``records`` into a temporary folder beside ``folder`` and rename it into place."""
     building = folder.parent / f".building_{folder.name}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
@@ -289,7 +289,9 @@ def _write_cache(
     try:
         shape = (len(records), *out_size, 3)
         crops = np.lib.format.open_memmap(building / "crops.npy", mode="w+", dtype=np.uint8, shape=shape)
-        decoded, stats = _decode_into(records, crops, progress=_Progress(len(records), progress), **decode)
+        decoded, stats = _decode_into(
+            records, crops, progress=_ProgressCounter(len(records), progress), **decode
+        )
         crops.flush()
         del crops
         if not decoded.any():
@@ -335,7 +337,7 @@ def build_crop_cache(
     backend: str = "auto",
     device: str = "cpu",
     num_threads: int = 2,
-    progress: Progress | None = None,
+    progress: CropProgressCallback | None = None,
     wait_timeout_s: float = 24 * 3600.0,
     poll_s: float = 0.5,
 ) -> CropCache:

@@ -23,12 +23,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from reidscale.data.crop_cache import CropCache, Progress, build_crop_cache
+from reidscale.data.crop_cache import CropCache, CropProgressCallback, build_crop_cache
 from reidscale.data.decode.loader import BACKENDS
 from reidscale.data.manifests import MANIFEST_KINDS, load_manifest, manifest_options
+from reidscale.data.normalize import normalize_image
 from reidscale.data.records import CropRecord, Manifest
 from reidscale.data.sampler import IdentitySampler
-from reidscale.data.views.spec import IMAGENET_MEAN, IMAGENET_STD
+from reidscale.data.views.spec import flip_only
+from reidscale.data.views.torch_views import flip_view, sample_flip
 from reidscale.utils.dist import get_rank, get_world_size
 from reidscale.utils.options import option
 
@@ -148,16 +150,17 @@ class PretrainImageSet(Dataset):
     """The cached crops as training images; item ``i`` (= memory-bank row i) is
 
     ``{"image": float32 [3, H, W] ImageNet-normalised, flipped with flip_prob, "index": i, "camid": int,
-    "pid": int}`` (pid = tracklet / pseudo identity, reported only). The flip draws ``torch.rand(1)`` from
-    torch's global generator, which the DataLoader seeds per worker. ``test_view(i)`` = the image unflipped.
+    "pid": int}`` (pid = tracklet / pseudo identity, reported only). The augmentation is the views' ``flip``
+    recipe (``view_spec`` = ``flip_only`` at the cache's size): ``sample_flip`` draws once from torch's global
+    generator, which the DataLoader seeds per worker (no draw when ``flip_prob`` is 0 or ``augment`` is
+    off). ``test_view(i)`` = the image unflipped.
     """
 
     def __init__(self, cache: CropCache, flip_prob: float = 0.5, augment: bool = True) -> None:
         if not 0.0 <= flip_prob <= 1.0:
             raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
         self.cache, self.flip_prob, self.augment = cache, float(flip_prob), bool(augment)
-        self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        self.view_spec = flip_only((cache.height, cache.width), flip_p=self.flip_prob)
         self.summary = ""
 
     def __len__(self) -> int:
@@ -186,12 +189,12 @@ class PretrainImageSet(Dataset):
     def test_view(self, index: int) -> torch.Tensor:
         """float32 [3, H, W]: image ``index`` normalised, not flipped."""
         crop = torch.from_numpy(np.array(self.cache.crops[index]))  # copy out of the read-only memmap
-        return (crop.permute(2, 0, 1).float().div_(255.0) - self._mean) / self._std
+        return normalize_image(crop.permute(2, 0, 1))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image = self.test_view(index)
-        if self.augment and self.flip_prob > 0 and torch.rand(1).item() < self.flip_prob:
-            image = image.flip(-1)
+        if self.augment and self.flip_prob > 0 and sample_flip(self.view_spec.groups[0]):
+            image = flip_view(image)
         rows = self.cache.rows
         return {
             "image": image,
@@ -251,7 +254,7 @@ def build_pretrain_set(
     seed: int = 0,
     rank: int | None = None,
     world_size: int | None = None,
-    progress: Progress | None = None,
+    progress: CropProgressCallback | None = None,
 ) -> tuple[PretrainImageSet, IdentitySampler]:
     """Read the manifest, select the records, build or reuse the crop cache of crops ``image_size``
     (height, width: the training input size, ``model.img_size``), and return the dataset with this rank's

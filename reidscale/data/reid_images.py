@@ -1,6 +1,6 @@
 """Labelled person images of a ReID benchmark for supervised training and feature extraction.
 
-The record lists come from the evaluation readers (``reidscale.evaluation.datasets.load_dataset``: train
+The record lists come from the benchmark readers (``reidscale.data.datasets.load_dataset``: train
 pids relabelled 0..n−1, camids 0-based); images are decoded with PIL and transformed with torchvision.
 
 Training transform (BoT): resize to H×W (bilinear), random horizontal flip, zero-pad by ``pad`` pixels and
@@ -23,9 +23,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
+from reidscale.data.datasets import ImageRecord, load_dataset
+from reidscale.data.normalize import NormalizeImage
 from reidscale.data.sampler import IdentitySampler
-from reidscale.data.views.spec import IMAGENET_MEAN, IMAGENET_STD
-from reidscale.evaluation.datasets import ImageRecord, load_dataset
 from reidscale.utils.dist import get_rank, get_world_size
 
 ERASING_SCALE: tuple[float, float] = (0.02, 0.4)
@@ -44,7 +44,7 @@ def build_test_transform(height: int = 256, width: int = 128) -> Callable[[Image
         [
             T.Resize((height, width), interpolation=T.InterpolationMode.BILINEAR),
             T.ToTensor(),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            NormalizeImage(),
         ]
     )
 
@@ -73,7 +73,7 @@ def build_train_transform(
         steps.append(T.RandomHorizontalFlip(p=flip_prob))
     if pad > 0:
         steps += [T.Pad(pad, fill=0), T.RandomCrop((height, width))]
-    steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    steps += [T.ToTensor(), NormalizeImage()]
     if erasing_prob > 0:
         steps.append(T.RandomErasing(p=erasing_prob, scale=ERASING_SCALE, ratio=ERASING_RATIO, value=0))
     return T.Compose(steps)

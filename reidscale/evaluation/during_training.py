@@ -13,8 +13,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from reidscale.data.datasets import load_dataset
 from reidscale.evaluation.config import EvalConfig
-from reidscale.evaluation.datasets import load_dataset
 from reidscale.evaluation.evaluator import evaluate_feature_set
 from reidscale.evaluation.extract import extract_features
 from reidscale.evaluation.features import FeatureSet

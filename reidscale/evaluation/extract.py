@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from reidscale.data.datasets import ImageRecord, ReidDataset, load_dataset
 from reidscale.data.reid_images import ReidImageDataset, build_test_transform
-from reidscale.evaluation.datasets import ImageRecord, ReidDataset, load_dataset
 from reidscale.evaluation.features import FeatureSet, save_feature_file
 
 

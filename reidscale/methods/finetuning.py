@@ -8,7 +8,7 @@ from typing import Any
 
 from reidscale.config.compose import Section
 from reidscale.data.datasets import DATASET_NAMES
-from reidscale.data.reid_images import build_train_transform, load_split, pk_batch_sampler
+from reidscale.data.finetune_set import finetune_train_data
 from reidscale.methods.spec import EvalPlan, TrainingData
 from reidscale.utils.options import option
 
@@ -47,7 +47,9 @@ class FinetuneConfig:
 
 
 FINETUNE_SECTION = Section(
-    "finetune", FinetuneConfig, "supervised fine-tuning: method, benchmark, P x K batches (reidscale finetune)"
+    "finetune",
+    FinetuneConfig,
+    "supervised fine-tuning: method, benchmark, P x K batches (reidscale finetune)",
 )
 
 
@@ -73,24 +75,9 @@ def identity_batches(config: Any, rank: int, world_size: int) -> TrainingData:
     Raises:
         ValueError: ``finetune.ids_per_batch`` does not split evenly over the ranks.
     """
-    finetune = config.finetune
     finetune_micro_batch(config, world_size)  # the split is checked before the data is read
-    transform = build_train_transform(
-        int(config.model.img_size[0]),
-        int(config.model.img_size[1]),
-        flip_prob=0.5 if finetune.hflip else 0.0,
-        pad=finetune.pad,
-        erasing_prob=finetune.random_erasing,
-    )
-    dataset = load_split(finetune.dataset, finetune.dataset_root, "train", transform)
-    sampler = pk_batch_sampler(
-        dataset.pids,
-        finetune.ids_per_batch,
-        finetune.images_per_id,
-        config.run.seed,
-        rank=rank,
-        world_size=world_size,
-    )
+    size = (int(config.model.img_size[0]), int(config.model.img_size[1]))
+    dataset, sampler = finetune_train_data(config.finetune, size, config.run.seed, rank, world_size)
     return TrainingData(dataset=dataset, batch_sampler=sampler, facts={"num_pids": dataset.num_pids})
 
 

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 from reidscale.config.compose import Section
+from reidscale.data.datasets import DATASET_NAMES
 from reidscale.data.pretrain_set import PretrainDataConfig, build_pretrain_set
-from reidscale.evaluation.datasets import DATASET_NAMES
 from reidscale.methods.spec import DerivedTrain, EvalPlan, TrainingData
 from reidscale.utils.options import option
 

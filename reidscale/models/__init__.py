@@ -7,6 +7,7 @@ the known layouts strictly; ``ModelConfig.weights`` makes ``backbone_from_config
 """
 
 from reidscale.models.config import ModelConfig, backbone_from_config
+from reidscale.models.multicrop import MultiCropWrapper, split_crops
 from reidscale.models.pooling import POOLINGS, GeneralizedMeanPooling, GlobalPool, build_pooling
 from reidscale.models.registry import (
     Backbone,
@@ -26,6 +27,7 @@ __all__ = [
     "GeneralizedMeanPooling",
     "GlobalPool",
     "ModelConfig",
+    "MultiCropWrapper",
     "ResNet",
     "TimmBackbone",
     "backbone_from_config",
@@ -37,4 +39,5 @@ __all__ = [
     "register_prefix",
     "register_timm_backbone",
     "register_weights_filter",
+    "split_crops",
 ]

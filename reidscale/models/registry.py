@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from torch import Tensor, nn
 
-from reidscale.utils.registry import register_into
+from reidscale.utils.registry import Registry
 
 
 class Backbone(nn.Module):
@@ -48,8 +48,8 @@ class Backbone(nn.Module):
 BackboneFactory = Callable[..., Backbone]
 F = TypeVar("F", bound=BackboneFactory)
 
-_FACTORIES: dict[str, BackboneFactory] = {}
-_PREFIX_RESOLVERS: dict[str, Callable[[str], BackboneFactory]] = {}
+_BACKBONES: Registry[str, BackboneFactory] = Registry("backbone")
+_PREFIXES: Registry[str, Callable[[str], BackboneFactory]] = Registry("backbone prefix")
 
 
 def register_backbone(name: str) -> Callable[[F], F]:
@@ -57,30 +57,28 @@ def register_backbone(name: str) -> Callable[[F], F]:
     if not name or ":" in name:
         raise ValueError(f"backbone name must be a non-empty string without ':', got {name!r}")
 
-    return register_into(_FACTORIES, name, f"backbone {name!r}")
+    return _BACKBONES.register(name)
 
 
 def register_prefix(prefix: str, resolver: Callable[[str], BackboneFactory]) -> None:
     """Route names ``"<prefix>:<rest>"`` to ``resolver(rest)``, which returns the factory to call."""
-    if prefix in _PREFIX_RESOLVERS:
-        raise ValueError(f"backbone prefix {prefix!r} is already registered")
-    _PREFIX_RESOLVERS[prefix] = resolver
+    _PREFIXES.add(prefix, resolver)
 
 
 def list_backbones() -> list[str]:
     """Registered backbone names, sorted (prefix forms such as ``timm:<name>`` are listed as ``timm:*``)."""
-    return sorted(_FACTORIES) + sorted(f"{prefix}:*" for prefix in _PREFIX_RESOLVERS)
+    return sorted(_BACKBONES) + sorted(f"{prefix}:*" for prefix in _PREFIXES)
 
 
 def _resolve(name: str) -> BackboneFactory:
     if not isinstance(name, str):
         raise ValueError(f"backbone name must be a string, got {type(name).__name__}")
-    if name in _FACTORIES:
-        return _FACTORIES[name]
+    if name in _BACKBONES:
+        return _BACKBONES.get(name)
     prefix, sep, rest = name.partition(":")
-    if sep and prefix in _PREFIX_RESOLVERS and rest:
-        return _PREFIX_RESOLVERS[prefix](rest)
-    raise ValueError(f"unknown backbone name {name!r}; known names: {', '.join(list_backbones())}")
+    if sep and prefix in _PREFIXES and rest:
+        return _PREFIXES.get(prefix)(rest)
+    raise _BACKBONES.unknown(name, known=list_backbones())
 
 
 def create_backbone(name: str, **kwargs: object) -> Backbone:

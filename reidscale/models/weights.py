@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from reidscale.models.registry import Backbone
-from reidscale.utils.registry import register_into
+from reidscale.utils.registry import Registry
 
 #: container entries searched for the state_dict, in this order (the teacher before the student)
 CONTAINER_KEYS = ("teacher", "student", "state_dict", "model", "module")
@@ -51,7 +51,7 @@ MAX_LISTED = 8
 WeightsFilter = Callable[[dict[str, Tensor], Backbone], dict[str, Tensor]]
 W = TypeVar("W", bound=WeightsFilter)
 
-_FILTERS: dict[type[Backbone], WeightsFilter] = {}
+_FILTERS: Registry[type[Backbone], WeightsFilter] = Registry("weights filter", "class")
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -166,12 +166,12 @@ def register_weights_filter(family: type[Backbone]) -> Callable[[W], W]:
     if not (isinstance(family, type) and issubclass(family, Backbone)):
         raise ValueError(f"a weights filter is registered for a Backbone subclass, got {family!r}")
 
-    return register_into(_FILTERS, family, f"a weights filter for {family.__name__}")
+    return _FILTERS.register(family, what=f"a weights filter for {family.__name__}")
 
 
 def weights_filters(model: Backbone) -> list[WeightsFilter]:
     """The filters that apply to ``model``, most general class first."""
-    return [_FILTERS[cls] for cls in reversed(type(model).__mro__) if cls in _FILTERS]
+    return [_FILTERS.get(cls) for cls in reversed(type(model).__mro__) if cls in _FILTERS]
 
 
 def filter_weights(state: dict[str, Tensor], model: Backbone) -> dict[str, Tensor]:

@@ -16,27 +16,15 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from reidscale.data.reid_images import ReidImageDataset, build_train_transform, load_split, pk_batch_sampler
-from reidscale.data.sampler import IdentitySampler
-from reidscale.evaluation.datasets import DATASET_NAMES
 from reidscale.objectives.base import Objective, StepOutput
 from reidscale.objectives.losses import TRIPLET_MODES, batch_hard_triplet, cross_entropy_label_smooth
 from reidscale.utils.options import option
 
 
 @dataclass
-class FinetuneConfig:
-    """Supervised BoT-style fine-tuning (``reidscale finetune``): data, batches, augmentations, losses."""
+class BotConfig:
+    """The BoT losses (``bot`` section of ``reidscale finetune``): cross-entropy and triplet settings."""
 
-    dataset: str = option("market1501", "training benchmark, one of the evaluation readers' dataset names")
-    dataset_root: str = option("data", "folder holding the dataset (or its release-named parent)")
-    ids_per_batch: int = option(16, "P: identities per global batch (split evenly over the ranks)")
-    images_per_id: int = option(4, "K: images per identity in a batch")
-    image_height: int = option(256, "input height in pixels")
-    image_width: int = option(128, "input width in pixels")
-    hflip: bool = option(True, "random horizontal flip (p=0.5) during training")
-    pad: int = option(10, "zero padding before the random crop back to the input size (0 = no pad/crop)")
-    random_erasing: float = option(0.5, "probability of random erasing (0 = off)")
     ce_weight: float = option(1.0, "weight of the label-smoothed cross-entropy (post-BNNeck feature)")
     triplet_weight: float = option(1.0, "weight of the batch-hard triplet loss (pre-BNNeck feature)")
     label_smoothing: float = option(0.1, "ε of the label-smoothed cross-entropy (0 = plain CE)")
@@ -44,43 +32,18 @@ class FinetuneConfig:
         "soft", "soft = softplus(d_ap − d_an); hard = max(0, d_ap − d_an + triplet_margin)"
     )
     triplet_margin: float = option(0.3, "margin of the hard-margin triplet (unused by the soft margin)")
-    flip_test: bool = option(False, "average each test feature with that of the mirrored image")
 
     def __post_init__(self) -> None:
-        minimum = {"ids_per_batch": 2, "images_per_id": 1, "image_height": 1, "image_width": 1}
-        for name, least in minimum.items():
-            if getattr(self, name) < least:
-                raise ValueError(f"finetune.{name} must be >= {least}, got {getattr(self, name)}")
-        if self.dataset.lower() not in DATASET_NAMES:
-            raise ValueError(f"finetune.dataset must be one of {DATASET_NAMES}, got {self.dataset!r}")
-        if self.pad < 0:
-            raise ValueError(f"finetune.pad must be >= 0, got {self.pad}")
-        if not 0.0 <= self.random_erasing <= 1.0:
-            raise ValueError(
-                f"finetune.random_erasing must be a probability in [0, 1], got {self.random_erasing}"
+        try:
+            check_loss_settings(
+                self.ce_weight,
+                self.triplet_weight,
+                self.label_smoothing,
+                self.triplet_mode,
+                self.triplet_margin,
             )
-        check_loss_settings(
-            self.ce_weight, self.triplet_weight, self.label_smoothing, self.triplet_mode, self.triplet_margin
-        )
-
-
-def finetune_train_data(
-    config: FinetuneConfig, seed: int = 0, rank: int | None = None, world_size: int | None = None
-) -> tuple[ReidImageDataset, IdentitySampler]:
-    """The training images of ``config.dataset`` with the BoT augmentations, and this rank's PK sampler
-    (``DataLoader(dataset, batch_sampler=sampler)``; ``sampler.set_epoch(e)`` before each epoch)."""
-    transform = build_train_transform(
-        config.image_height,
-        config.image_width,
-        flip_prob=0.5 if config.hflip else 0.0,
-        pad=config.pad,
-        erasing_prob=config.random_erasing,
-    )
-    dataset = load_split(config.dataset, config.dataset_root, "train", transform)
-    sampler = pk_batch_sampler(
-        dataset.pids, config.ids_per_batch, config.images_per_id, seed, rank=rank, world_size=world_size
-    )
-    return dataset, sampler
+        except ValueError as err:
+            raise ValueError(f"bot: {err}") from None
 
 
 def check_loss_settings(
@@ -149,7 +112,7 @@ class FinetuneObjective(Objective):
         nn.init.normal_(self.classifier.weight, std=0.001)
 
     @classmethod
-    def from_config(cls, backbone: nn.Module, num_classes: int, config: FinetuneConfig) -> FinetuneObjective:
+    def from_config(cls, backbone: nn.Module, num_classes: int, config: BotConfig) -> FinetuneObjective:
         """The objective with the loss settings of ``config``."""
         return cls(
             backbone,

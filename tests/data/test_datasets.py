@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from reidscale.evaluation.datasets import (
+from reidscale.data.datasets import (
     DATASET_NAMES,
     ImageRecord,
     ReidDataset,

@@ -15,8 +15,9 @@ import torch
 
 from reidscale.data.decode.loader import build_crop_loader, crops_by_record
 from reidscale.data.decode.multicrop_loader import build_view_loader
+from reidscale.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from reidscale.data.records import CropRecord
-from reidscale.data.views.spec import IMAGENET_MEAN, IMAGENET_STD, cion_multicrop, flip_only
+from reidscale.data.views.spec import cion_multicrop, flip_only
 from tests.support.videos import CODECS, HEIGHT, NUM_FRAMES, WIDTH, write_codec_videos
 
 BOXES = [(10, 5, 20, 40), (50, 20, 30, 30), (0, 0, 96, 64), (70, 10, 24, 50)]

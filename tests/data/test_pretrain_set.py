@@ -23,6 +23,7 @@ from reidscale.data.crop_cache import UNREADABLE_IMAGE, build_crop_cache, open_c
 from reidscale.data.decode.loader import build_crop_loader, crops_by_record
 from reidscale.data.decode.stats import UNREADABLE_VIDEO
 from reidscale.data.manifests import load_manifest
+from reidscale.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from reidscale.data.pretrain_set import (
     PretrainDataConfig,
     PretrainImageSet,
@@ -32,7 +33,7 @@ from reidscale.data.pretrain_set import (
     spread_evenly,
 )
 from reidscale.data.records import WHOLE_IMAGE, CropRecord, Manifest
-from reidscale.data.reid_images import IMAGENET_MEAN, IMAGENET_STD
+from reidscale.data.views.spec import flip_only
 from tests.support.processes import HANG_GUARD_S
 
 SIZE = (64, 32)  # small crops keep the decoding tests fast
@@ -264,6 +265,7 @@ def test_items_are_torchvision_normalised_crops_flipped_by_torch_draws(corpus: P
     assert dataset.pids.tolist() == [r.pid for r in records] and dataset.num_images == len(dataset) == 6
     plain = dataset.without_augmentation()
     assert all(torch.equal(plain[i]["image"], dataset.test_view(i)) for i in range(6))
+    assert dataset.view_spec == flip_only(SIZE, flip_p=0.5)  # the views' flip recipe at the cache's size
 
 
 def test_dataset_pickles_without_copying_the_crops(corpus: Path, tmp_path: Path) -> None:

@@ -10,9 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from reidscale.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from reidscale.data.reid_images import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     ReidImageDataset,
     build_test_transform,
     build_train_transform,

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from reidscale.data.datasets import read_market1501
+from reidscale.data.datasets.market import parse_market_name
 from reidscale.data.synth import SCALES, NoiseConfig, SynthScale, build_corpus
 from reidscale.data.synth import assign_identities as schedule_identities
 from reidscale.data.synth.noise import apply_tracker_noise
@@ -28,8 +30,6 @@ from reidscale.data.synth.people import (
 )
 from reidscale.data.synth.render import VideoRenderer
 from reidscale.data.synth.scene import HEIGHT_STEP, SensorNoise, make_camera, plan_walkers, render_frame
-from reidscale.evaluation.datasets import read_market1501
-from reidscale.evaluation.datasets.market import parse_market_name
 
 av = pytest.importorskip("av")
 

@@ -17,8 +17,10 @@ from reidscale.data.views import (
     cion_multicrop,
     erase_box,
     flip_only,
+    flip_view,
     moco_two_view,
     multicrop_spec,
+    sample_flip,
     sample_resized_crop,
 )
 
@@ -305,6 +307,17 @@ def test_flip_only_resizes_the_whole_image():
     flips = [torch.equal(views(image)[0], normalise(image.flip(-1))) for _ in range(40)]
     unflipped = [torch.equal(views(image)[0], normalise(image)) for _ in range(40)]
     assert 0 < sum(flips) < 40 and 0 < sum(unflipped) < 40
+
+
+@pytest.mark.parametrize("flip_p", [0.0, 0.3, 1.0])
+def test_sample_flip_is_one_uniform_draw_below_flip_p(flip_p: float) -> None:
+    group = flip_only(size=(16, 8), flip_p=flip_p).groups[0]
+    ours, truth = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    drawn = [sample_flip(group, ours) for _ in range(200)]
+    assert drawn == [torch.rand((), generator=truth).item() < flip_p for _ in range(200)]
+    assert torch.equal(torch.rand(3, generator=ours), torch.rand(3, generator=truth))  # one draw each
+    image = torch.arange(24, dtype=torch.float32).view(1, 2, 3, 4)
+    assert flip_view(image)[0, 1, 2].tolist() == [23.0, 22.0, 21.0, 20.0]
 
 
 @pytest.mark.parametrize(

@@ -267,7 +267,7 @@ def test_train_config_loads_through_the_config_loader() -> None:
         TrainConfig,
         {"zero_stage": 2, "max_steps": 9, "optimizer": {"betas": [0.8, 0.9]}, "clip": {"mode": "per_param"}},
     )
-    with pytest.raises(ValueError, match="train.micro_batch is null: the training jobs derive it"):
+    with pytest.raises(ValueError, match=r"train\.micro_batch is null: the training jobs derive it"):
         check_train_config(config, world_size=2)
     config.micro_batch = 4
     check_train_config(config, world_size=2)

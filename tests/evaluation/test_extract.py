@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from reidscale.data.reid_images import IMAGENET_MEAN, IMAGENET_STD
+from reidscale.data.datasets import ReidDataset, load_dataset
+from reidscale.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from reidscale.evaluation.config import EvalConfig
-from reidscale.evaluation.datasets import ReidDataset, load_dataset
 from reidscale.evaluation.evaluator import evaluate_feature_set
 from reidscale.evaluation.extract import extract_features, extract_to_file
 from reidscale.evaluation.features import load_feature_file

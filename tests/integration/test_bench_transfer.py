@@ -80,8 +80,7 @@ def test_a_pair_of_runs_writes_the_rows_of_their_results(tmp_path: Path) -> None
 run: {{name: unused, output_dir: {tmp_path / "unused"}}}
 tracking: {{backends: [jsonl], progress: false}}
 model: {{name: resnet18, img_size: [64, 32]}}
-finetune: {{dataset: market1501, dataset_root: {market}, ids_per_batch: 4, images_per_id: 2,
-           image_height: 64, image_width: 32}}
+finetune: {{dataset: market1501, dataset_root: {market}, ids_per_batch: 4, images_per_id: 2}}
 train: {{max_steps: 2, eval_every: 1, log_every: 1}}
 """
     )

@@ -38,7 +38,7 @@ run: {{name: {name}, output_dir: {tmp / "runs"}, seed: 0}}
 tracking: {{backends: [jsonl], progress: false}}
 model: {{name: resnet18, img_size: [64, 32]}}
 finetune: {{dataset: market1501, dataset_root: {market}, ids_per_batch: 4, images_per_id: 4,
-           image_height: 64, image_width: 32, pad: 4}}
+           pad: 4}}
 train: {{zero_stage: {zero_stage}, max_steps: 30, log_every: 10, optimizer: {{lr: 0.00035}},
         schedule: {{warmup_steps: 5}}}}
 """
@@ -125,14 +125,19 @@ def test_finetune_two_ranks_zero2(tmp_path: Path, market: Path) -> None:
     assert results["steps"] == 30 and results["after"]["mAP"] > results["before"]["mAP"] + 0.1, results
 
 
-def test_finetune_rejects_mismatched_sizes_and_uneven_identities(tmp_path: Path, market: Path) -> None:
-    from reidscale.config import Config, load_config
-    from reidscale.jobs.finetune import derived_train_config
+def test_finetune_derives_its_batch_and_rejects_uneven_identities_or_a_set_micro_batch(
+    tmp_path: Path, market: Path
+) -> None:
+    from reidscale.config import load_config
+    from reidscale.jobs.roots import root_for
+    from reidscale.jobs.train import train_settings
+    from reidscale.methods import method_spec
 
-    config = load_config(Config, _config(tmp_path, market, "checks"), [])
-    assert derived_train_config(config, 2).micro_batch == 8  # 4 ids / 2 ranks × 4 images
+    config = load_config(root_for("finetune"), _config(tmp_path, market, "checks"), [])
+    spec = method_spec("finetune", config.finetune.method)
+    assert train_settings(spec, config, 2, 1).micro_batch == 8  # 4 ids / 2 ranks × 4 images
     with pytest.raises(ValueError, match="multiple of the number of ranks"):
-        derived_train_config(config, 3)
-    config.model.img_size = [256, 128]
-    with pytest.raises(ValueError, match=r"model.img_size \[256, 128\] must equal"):
-        derived_train_config(config, 1)
+        train_settings(spec, config, 3, 1)
+    config.train.grad_accumulation = 2
+    with pytest.raises(ValueError, match=r"train.grad_accumulation is set to 2, but finetune derives it"):
+        train_settings(spec, config, 1, 1)

@@ -333,7 +333,7 @@ def test_mismatch_message_is_truncated_with_counts(tmp_path: Path) -> None:
 
 def test_filters_apply_most_general_first_and_duplicates_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     assert weights_filters(create_backbone("resnet18")) == [take_wrapped_backbone, drop_classifier]
-    monkeypatch.setattr(weights_module, "_FILTERS", dict(weights_module._FILTERS))
+    monkeypatch.setattr(weights_module, "_FILTERS", weights_module._FILTERS.copy())
     with pytest.raises(ValueError, match="already registered"):
         register_weights_filter(ResNet)(drop_classifier)
     with pytest.raises(ValueError, match="Backbone subclass"):

@@ -46,7 +46,7 @@ def _num_params(module: nn.Module) -> int:
 @pytest.fixture
 def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     """Registrations made by a test vanish after it."""
-    monkeypatch.setattr(registry_module, "_FACTORIES", dict(registry_module._FACTORIES))
+    monkeypatch.setattr(registry_module, "_BACKBONES", registry_module._BACKBONES.copy())
 
 
 # ----------------------------------------------------------------------------------------------- ResNet

@@ -9,16 +9,18 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from reidscale.config.schema import EvalConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
 from reidscale.config.loader import build_config
-from reidscale.config.schema import EvalConfig
-from reidscale.evaluation.datasets import load_dataset
+from reidscale.data.datasets import load_dataset
+from reidscale.data.finetune_set import finetune_train_data
 from reidscale.evaluation.evaluator import evaluate_feature_set
 from reidscale.evaluation.extract import extract_features
+from reidscale.methods.finetuning import FinetuneConfig
 from reidscale.objectives.base import StepOutput
-from reidscale.objectives.finetune import FinetuneConfig, FinetuneObjective, finetune_train_data
+from reidscale.objectives.finetune import BotConfig, FinetuneObjective
 from reidscale.objectives.losses import batch_hard_triplet, cross_entropy_label_smooth
 from tests.support.tiny_market import TinyBackbone, write_tiny_market
 
@@ -159,27 +161,27 @@ def test_objective_rejects_bad_input():
 
 
 def test_config_validates_and_builds_the_objective():
-    config = build_config(FinetuneConfig, {"triplet_mode": "hard", "triplet_margin": 0.5, "ce_weight": 0.5})
+    config = build_config(BotConfig, {"triplet_mode": "hard", "triplet_margin": 0.5, "ce_weight": 0.5})
     objective = FinetuneObjective.from_config(TinyBackbone(), 5, config)
     assert (objective.triplet_mode, objective.triplet_margin, objective.ce_weight) == ("hard", 0.5, 0.5)
     with pytest.raises(ValueError, match=r"finetune\.random_erasing"):
         FinetuneConfig(random_erasing=2.0)
     with pytest.raises(ValueError, match=r"finetune\.dataset"):
         FinetuneConfig(dataset="nope")
-    with pytest.raises(ValueError, match="label_smoothing"):
-        FinetuneConfig(label_smoothing=-0.1)
+    with pytest.raises(ValueError, match=r"finetune\.method must be one of \('bot',\)"):
+        FinetuneConfig(method="arcface")
+    with pytest.raises(ValueError, match="bot: label_smoothing"):
+        BotConfig(label_smoothing=-0.1)
 
 
 def test_training_on_tiny_market_lowers_loss_and_raises_map(tmp_path):
     write_tiny_market(tmp_path, num_train=12, num_test=10)
     torch.manual_seed(0)
-    config = FinetuneConfig(
-        dataset_root=str(tmp_path), ids_per_batch=6, images_per_id=3, image_height=32, image_width=16, pad=2
-    )
-    train, sampler = finetune_train_data(config, seed=0, rank=0, world_size=1)
-    objective = FinetuneObjective.from_config(TinyBackbone(), train.num_pids, config)
+    config = FinetuneConfig(dataset_root=str(tmp_path), ids_per_batch=6, images_per_id=3, pad=2)
+    train, sampler = finetune_train_data(config, (32, 16), seed=0, rank=0, world_size=1)
+    objective = FinetuneObjective.from_config(TinyBackbone(), train.num_pids, BotConfig())
     test_split = load_dataset(config.dataset, tmp_path)
-    size = {"height": config.image_height, "width": config.image_width}
+    size = {"height": 32, "width": 16}
     eval_config = EvalConfig(device="cpu")
     before = evaluate_feature_set(
         extract_features(objective.feature_model(), test_split, 64, "cpu", **size), eval_config

@@ -1,6 +1,6 @@
-"""The selective-contrastive memory banks (reidscale/objectives/selective/shards.py, banks.py) against an
-independent truth: the formulas of docs/methods.md as float64 loops (tests/support/selective_world.py),
-hand-worked numbers, and one rank holding every row vs two gloo ranks."""
+"""The selective-contrastive memory banks (reidscale/objectives/selective/banks.py; the row sharding is
+tested in tests/sharded/) against an independent truth: the formulas of docs/methods.md as float64 loops
+(tests/support/selective_world.py), hand-worked numbers, and one rank holding every row vs two gloo ranks."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from reidscale.objectives.selective import Anchors, RowShards, SelectiveBanks, SelectiveConfig
+from reidscale.objectives.selective import Anchors, SelectiveBanks, SelectiveConfig
 from tests.support.selective_world import (
     BATCH,
     STEPS,
@@ -40,46 +40,6 @@ def filled_banks(
     own = torch.arange(banks.shards.start, banks.shards.stop)
     banks.initialise_rows(own, bank_g[own], bank_l[own])
     return banks
-
-
-# ------------------------------------------------------------------------------------------- RowShards
-
-
-@pytest.mark.parametrize(
-    ("rows", "world"), [(1, 1), (1, 3), (2, 4), (5, 2), (10, 3), (13, 2), (7, 7), (100, 6)]
-)
-def test_row_shards_partition_rows_and_owner_agrees(rows: int, world: int) -> None:
-    bounds = [RowShards(rows, world, r).bounds(r) for r in range(world)]
-    assert bounds[0][0] == 0 and bounds[-1][1] == rows
-    assert all(bounds[r][1] == bounds[r + 1][0] for r in range(world - 1))  # contiguous, in rank order
-    sizes = [stop - start for start, stop in bounds]
-    assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 0
-    assert [RowShards(rows, world, r).size for r in range(world)] == sizes
-    truth = [next(r for r, (a, b) in enumerate(bounds) if a <= i < b) for i in range(rows)]
-    everything = torch.arange(rows)
-    assert RowShards(rows, world, 0).owner(everything).tolist() == truth
-    for r in range(world):  # owned() agrees with owner(); padding is nobody's
-        mask = RowShards(rows, world, r).owned(torch.cat([everything, torch.tensor([-1])]))
-        assert mask.tolist() == [t == r for t in truth] + [False]
-
-
-def test_row_shards_by_hand() -> None:
-    shards = RowShards(10, 3, 1)
-    assert [shards.bounds(r) for r in range(3)] == [(0, 3), (3, 6), (6, 10)]
-    assert (shards.start, shards.stop, shards.size) == (3, 6, 3)
-    assert shards.owner(torch.tensor([0, 2, 3, 5, 6, 9])).tolist() == [0, 0, 1, 1, 2, 2]
-    empty = RowShards(2, 4, 2)  # W > N: ranks 0 and 2 own nothing
-    assert [empty.bounds(r) for r in range(4)] == [(0, 0), (0, 1), (1, 1), (1, 2)]
-    assert empty.size == 0 and empty.owner(torch.tensor([0, 1])).tolist() == [1, 3]
-
-
-BAD_SHARDS = [(0, 1, 0, "num_rows"), (5, 2, 2, "rank"), (5, 0, 0, "world_size"), (5, 2, -1, "rank")]
-
-
-@pytest.mark.parametrize(("rows", "world", "rank", "word"), BAD_SHARDS)
-def test_row_shards_reject_bad_arguments(rows: int, world: int, rank: int, word: str) -> None:
-    with pytest.raises(ValueError, match=word):
-        RowShards(rows, world, rank)
 
 
 # ------------------------------------------------------------------------------------------- selection

@@ -1,7 +1,7 @@
 """Decoding and cropping of video crop records: PyAV (CPU), DALI (CPU / GPU), one loader, rank sharding.
 
 Both paths take ``CropRecord``s (video path, 0-based frame, box) and return the same crops (see
-``geometry`` for the crop+resize rule and ``video_index`` for frame numbering). DALI is imported lazily,
+``geometry`` for the crop+resize rule and ``..video_probe`` for frame numbering). DALI is imported lazily,
 so this package works without it (PyAV only).
 """
 
@@ -22,7 +22,7 @@ from reidscale.data.decode.multicrop_loader import (
 from reidscale.data.decode.pyav_reader import crop_records_pyav
 from reidscale.data.decode.sharding import shard_records
 from reidscale.data.decode.stats import DecodeStats
-from reidscale.data.decode.video_index import VideoInfo, VideoOpenError, probe_video
+from reidscale.data.video_probe import VideoInfo, VideoOpenError, probe_video
 
 __all__ = [
     "DALI_CPU_CODECS",

@@ -24,8 +24,9 @@ import torch
 
 from reidscale.data.decode.geometry import crop_to_output_affine
 from reidscale.data.decode.stats import DALI_BATCH_ERROR, UNSUPPORTED_CODEC, DecodeStats
-from reidscale.data.decode.video_index import VideoInfo, VideoPlan, plan_video_crops
+from reidscale.data.decode.video_index import VideoPlan, plan_video_crops
 from reidscale.data.records import CropRecord
+from reidscale.data.video_probe import VideoInfo
 
 DALI_CPU_CODECS: frozenset[str] = frozenset({"vp8", "vp9", "mjpeg"})
 DALI_GPU_CODECS: frozenset[str] = DALI_CPU_CODECS | {"h264", "hevc", "av1", "mpeg4"}

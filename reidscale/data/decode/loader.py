@@ -11,8 +11,8 @@ import torch
 from reidscale.data.decode.dali_pipeline import crop_records_dali, dali_codecs
 from reidscale.data.decode.pyav_reader import crop_records_pyav
 from reidscale.data.decode.stats import DecodeStats
-from reidscale.data.decode.video_index import VideoInfo, VideoOpenError, probe_video
 from reidscale.data.records import CropRecord
+from reidscale.data.video_probe import VideoInfo, VideoOpenError, probe_video
 
 BACKENDS: tuple[str, ...] = ("auto", "dali", "pyav")
 

@@ -15,8 +15,9 @@ import numpy as np
 
 from reidscale.data.decode.geometry import crop_and_resize
 from reidscale.data.decode.stats import DECODE_ERROR, MISSING_FRAME, UNREADABLE_VIDEO, DecodeStats
-from reidscale.data.decode.video_index import VideoInfo, VideoPlan, plan_video_crops
+from reidscale.data.decode.video_index import VideoPlan, plan_video_crops
 from reidscale.data.records import CropRecord
+from reidscale.data.video_probe import VideoInfo
 
 
 class _FrameWalker:

@@ -1,8 +1,5 @@
-"""Probe videos (demux only, no decoding) and turn crop records into per-video decoding plans.
-
-Frame numbering (shared by every path): frame ``i`` is the ``i``-th frame in presentation order, i.e.
-the packet with the ``i``-th smallest presentation timestamp of the first video stream. This is what
-DALI's frame index counts as well, and it is robust to B-frames and variable frame rates.
+"""Turn crop records into per-video decoding plans, probing each video once (``reidscale.data.video_probe``,
+which also defines the frame numbering every decoding path shares).
 """
 
 from __future__ import annotations
@@ -21,80 +18,7 @@ from reidscale.data.decode.stats import (
     DecodeStats,
 )
 from reidscale.data.records import CropRecord
-
-
-class VideoOpenError(RuntimeError):
-    """A video file cannot be opened or holds no decodable video stream."""
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    """What a decoder needs to know about one video before decoding it.
-
-    frame_pts:    int64 [F] presentation timestamps in stream time base, ascending; frame i ↔ frame_pts[i]
-    keyframe_pts: int64 [K] presentation timestamps of the keyframes, ascending
-    """
-
-    path: str
-    codec: str
-    width: int
-    height: int
-    frame_pts: np.ndarray
-    keyframe_pts: np.ndarray
-
-    @property
-    def num_frames(self) -> int:
-        return int(self.frame_pts.shape[0])
-
-    def keyframe_pts_before(self, frame: int) -> int:
-        """Timestamp of the last keyframe at or before ``frame`` (where decoding ``frame`` must start)."""
-        target = self.frame_pts[frame]
-        position = int(np.searchsorted(self.keyframe_pts, target, side="right")) - 1
-        return int(self.keyframe_pts[max(position, 0)])
-
-
-def probe_video(path: str) -> VideoInfo:
-    """Read the container and packet headers of ``path`` (no decoding); VideoOpenError names the file.
-
-    A file cut short keeps the frames whose packets were read before the damage.
-    """
-    import av
-
-    try:
-        container = av.open(path)
-    except (av.error.FFmpegError, OSError) as err:
-        raise VideoOpenError(f"{path}: cannot open as a video container ({err})") from err
-    with container:
-        if not container.streams.video:
-            raise VideoOpenError(f"{path}: the container has no video stream")
-        stream = container.streams.video[0]
-        codec, width, height = (
-            stream.codec_context.name,
-            stream.codec_context.width,
-            stream.codec_context.height,
-        )
-        frame_pts, keyframe_pts = [], []
-        try:
-            for packet in container.demux(stream):
-                if packet.pts is None or packet.size == 0:
-                    continue
-                frame_pts.append(packet.pts)
-                if packet.is_keyframe:
-                    keyframe_pts.append(packet.pts)
-        except av.error.FFmpegError:
-            pass  # damaged tail: the packets read so far are the frames the file holds
-    if not frame_pts or not keyframe_pts or width <= 0 or height <= 0:
-        raise VideoOpenError(
-            f"{path}: no decodable frames ({codec}, {width}x{height}, {len(frame_pts)} packets)"
-        )
-    return VideoInfo(
-        path=path,
-        codec=codec,
-        width=width,
-        height=height,
-        frame_pts=np.unique(np.asarray(frame_pts, dtype=np.int64)),
-        keyframe_pts=np.unique(np.asarray(keyframe_pts, dtype=np.int64)),
-    )
+from reidscale.data.video_probe import VideoInfo, VideoOpenError, probe_video
 
 
 @dataclass(frozen=True)

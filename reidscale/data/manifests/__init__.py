@@ -29,7 +29,7 @@ from .common import (
 )
 from .ground_truth import GroundTruth, GroundTruthSegment, identity_at, read_ground_truth
 from .image_folders import read_cion_json, read_luperson_nl, read_market_manifest
-from .mot import VideoInfo, parse_mot_line, probe_video
+from .mot import parse_mot_line
 from .video_tracklets import VIDEO_EXTENSIONS, camera_of, read_camera_table, read_video_tracklets
 
 _REGISTRY: ReaderRegistry[Manifest] = ReaderRegistry(
@@ -62,7 +62,6 @@ __all__ = [
     "GroundTruth",
     "GroundTruthSegment",
     "ManifestError",
-    "VideoInfo",
     "camera_of",
     "check_files_exist",
     "format_skip_report",
@@ -70,7 +69,6 @@ __all__ = [
     "load_manifest",
     "manifest_options",
     "parse_mot_line",
-    "probe_video",
     "read_camera_table",
     "read_cion_json",
     "read_ground_truth",

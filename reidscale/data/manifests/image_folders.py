@@ -11,9 +11,9 @@ import os
 import re
 from pathlib import Path
 
-from ...evaluation.datasets import load_dataset, read_market_style_folder
-from ...evaluation.datasets.base import absolute_folder, is_image_name, layout_tree
-from ...evaluation.datasets.market import MARKET_SPLIT_FOLDERS
+from ..datasets import load_dataset, read_market_style_folder
+from ..datasets.base import absolute_folder, is_image_name, layout_tree
+from ..datasets.market import MARKET_SPLIT_FOLDERS
 from ..records import WHOLE_IMAGE, CropRecord, Manifest
 from .common import IssuePolicy, ManifestError, absolute_path, dense_labels
 
@@ -160,7 +160,7 @@ def read_market_manifest(
     """One split of a Market-format benchmark → whole-image records with camera (0-based) and pid.
 
     ``dataset`` None reads ``root/<split folder>`` (bounding_box_train, query, bounding_box_test) with
-    ``read_market_style_folder``; a name of ``reidscale.evaluation.datasets.DATASET_NAMES`` reads ``root``
+    ``read_market_style_folder``; a name of ``reidscale.data.datasets.DATASET_NAMES`` reads ``root``
     with that dataset's reader. Train pids are relabelled 0..n−1, query/gallery keep the original pids
     (gallery distractors pid 0); junk (pid −1) is dropped. Sorted by path; always strict (a benchmark).
     """

@@ -1,4 +1,4 @@
-"""MOT-challenge tracklet files and the video facts that validate them (frame size and count, via PyAV).
+"""MOT-challenge tracklet files, and the fit of their boxes to the probed video frame (``..video_probe``).
 
 A line is ``frame,track_id,x,y,w,h[,conf,...]``: 1-based frame, integer track id >= 0, box in pixels
 (integers or decimals; decimals are rounded half up to whole pixels: x0 = round(x), x1 = round(x + w), same
@@ -11,21 +11,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import IssuePolicy, ManifestError
+from ..video_probe import VideoInfo
+from .common import IssuePolicy
 
 MOT_LINE_HELP = (
     "'frame,track_id,x,y,w,h[,conf,...]' with integer frame >= 1, integer track_id >= 0, numeric box"
 )
 MIN_MOT_COLUMNS = 6
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    """Frame size in pixels and frame count (None when the container does not store it)."""
-
-    width: int
-    height: int
-    num_frames: int | None
 
 
 @dataclass(frozen=True)
@@ -36,28 +28,6 @@ class TrackBox:
     track_id: int
     corners: tuple[int, int, int, int]
     line: int
-
-
-def probe_video(path: Path) -> VideoInfo:
-    """Width, height and frame count of the first video stream, read from the container headers only.
-
-    The count is ``stream.frames`` (stored by MP4 and AVI); Matroska/WebM leave it 0, and then it is None
-    and the frame-range check is skipped (counting by demuxing would read the whole file).
-    ManifestError naming the file when PyAV cannot open it or it holds no video stream.
-    """
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ManifestError(f"{path}: holds no video stream")
-            stream = container.streams.video[0]
-            width, height, frames = stream.width, stream.height, stream.frames
-    except av.FFmpegError as err:
-        raise ManifestError(f"{path}: cannot open the video with PyAV ({err})") from err
-    if width <= 0 or height <= 0:
-        raise ManifestError(f"{path}: video stream has no frame size ({width}x{height})")
-    return VideoInfo(width=width, height=height, num_frames=frames if frames > 0 else None)
 
 
 def _half_up(value: float) -> int:

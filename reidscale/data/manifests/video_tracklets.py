@@ -26,10 +26,11 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from ...evaluation.datasets.base import absolute_folder, layout_tree, require_subfolders
+from ..datasets.base import absolute_folder, layout_tree, require_subfolders
 from ..records import CropRecord, Manifest
+from ..video_probe import VideoInfo, VideoOpenError, probe_video
 from .common import IssuePolicy, ManifestError, dense_labels
-from .mot import MOT_LINE_HELP, TrackBox, VideoInfo, fit_box, probe_video, read_mot_file
+from .mot import MOT_LINE_HELP, TrackBox, fit_box, read_mot_file
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".webm", ".avi", ".mkv")
 CAMERA_PREFIX = re.compile(r"^cam(\d+)_")
@@ -149,8 +150,8 @@ def _read_tracks(
             policy.corrupt("tracklets_without_video", f"{tracklet_path}: no video {expected}")
             continue
         try:
-            info = probe_video(videos[video]) if probe else None
-        except ManifestError as err:
+            info = probe_video(videos[video], index_frames=False) if probe else None
+        except VideoOpenError as err:
             policy.corrupt("corrupt_video", f"{err} (tracklets in {tracklet_path})")
             continue
         boxes = read_mot_file(tracklet_path, policy)

@@ -56,7 +56,7 @@ __all__ = [
 
 FORMAT_VERSION = 1
 STREAM_IDENTITIES, STREAM_CAMERAS, STREAM_SCHEDULE, STREAM_VIDEO, STREAM_PIXELS, STREAM_MARKET = range(1, 7)
-Progress = Callable[[str, int, int], None]
+SynthProgressCallback = Callable[[str, int, int], None]  # (stage, items done in the stage, stage total)
 
 
 @dataclass
@@ -153,7 +153,7 @@ def _video_in_worker(order: int, people: list[int]) -> tuple[list, dict]:
 
 
 def _build_videos(
-    job: _VideoJob, schedule: list[list[int]], workers: int, progress: Progress | None
+    job: _VideoJob, schedule: list[list[int]], workers: int, progress: SynthProgressCallback | None
 ) -> tuple[list[tuple[str, int, int, int, int]], list[dict]]:
     """Build every video, in order or in ``workers`` processes; returns (ground-truth rows, video entries)."""
     gt_rows, videos = [], []
@@ -198,7 +198,7 @@ def build_corpus(
     scale: str | SynthScale = "tiny",
     seed: int = 0,
     codec: str = "h264",
-    progress: Progress | None = None,
+    progress: SynthProgressCallback | None = None,
     *,
     overwrite: bool = False,
     workers: int = 1,

@@ -16,7 +16,14 @@ from reidscale.data.views.spec import (
     moco_two_view,
     multicrop_spec,
 )
-from reidscale.data.views.torch_views import TorchMultiCrop, ViewParams, apply_view, sample_view_params
+from reidscale.data.views.torch_views import (
+    TorchMultiCrop,
+    ViewParams,
+    apply_view,
+    flip_view,
+    sample_flip,
+    sample_view_params,
+)
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -31,8 +38,10 @@ __all__ = [
     "cion_multicrop",
     "erase_box",
     "flip_only",
+    "flip_view",
     "moco_two_view",
     "multicrop_spec",
+    "sample_flip",
     "sample_resized_crop",
     "sample_view_params",
 ]

@@ -18,8 +18,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+from reidscale.data.normalize import IMAGENET_MEAN, IMAGENET_STD
+
 INTERPOLATIONS: tuple[str, ...] = ("nearest", "bilinear", "bicubic")
 
 
@@ -210,9 +210,12 @@ def moco_two_view(
     return MultiCropSpec(name="moco", groups=(view,))
 
 
-def flip_only(size: tuple[int, int] = (256, 128)) -> MultiCropSpec:
-    """Selective contrastive learning's augmentation (docs/methods.md): resize the whole crop, flip p=0.5."""
-    return MultiCropSpec(name="flip", groups=(CropSpec(count=1, size=size, random_crop=False, flip_p=0.5),))
+def flip_only(size: tuple[int, int] = (256, 128), flip_p: float = 0.5) -> MultiCropSpec:
+    """Selective contrastive learning's augmentation (docs/methods.md): resize the whole crop, flip with
+    probability ``flip_p`` (0.5 in the method)."""
+    return MultiCropSpec(
+        name="flip", groups=(CropSpec(count=1, size=size, random_crop=False, flip_p=flip_p),)
+    )
 
 
 RECIPES: dict[str, Callable[..., MultiCropSpec]] = {

@@ -19,6 +19,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
+from reidscale.data.normalize import normalize_image
 from reidscale.data.views.sampling import erase_box, sample_resized_crop
 from reidscale.data.views.spec import CropSpec, MultiCropSpec
 
@@ -60,6 +61,17 @@ def _factor(strength: float, generator: torch.Generator | None) -> float:
     return low + (high - low) * torch.rand((), generator=generator).item()
 
 
+def sample_flip(group: CropSpec, generator: torch.Generator | None = None) -> bool:
+    """Whether a view of ``group`` is flipped: True with probability ``group.flip_p``, from one
+    ``torch.rand`` draw of ``generator`` (torch's global generator when None)."""
+    return _coin(group.flip_p, generator)
+
+
+def flip_view(view: torch.Tensor) -> torch.Tensor:
+    """The horizontal mirror image of ``view`` [..., H, W] (any dtype)."""
+    return TF.horizontal_flip(view)
+
+
 def _sample_jitter(group: CropSpec, generator: torch.Generator | None) -> tuple[float, float, float, float]:
     brightness = _factor(group.brightness, generator)
     contrast = _factor(group.contrast, generator)
@@ -76,7 +88,7 @@ def sample_view_params(
         box = sample_resized_crop(image_hw, group.scale, group.ratio, generator, group.crop_attempts)
     else:
         box = (0, 0, image_hw[0], image_hw[1])
-    flip = _coin(group.flip_p, generator)
+    flip = sample_flip(group, generator)
     jitter = _sample_jitter(group, generator) if _coin(group.color_jitter_p, generator) else None
     grayscale = _coin(group.grayscale_p, generator)
     blur_sigma = None
@@ -128,10 +140,8 @@ def apply_view(
     )
     view = _photometric(view, params, group)
     if params.flip:
-        view = TF.horizontal_flip(view)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    view = (view.to(torch.float32) / 255.0 - mean_t) / std_t
+        view = flip_view(view)
+    view = normalize_image(view, mean, std)
     if params.erase_box is not None:
         e_top, e_left, e_height, e_width = params.erase_box
         view[:, e_top : e_top + e_height, e_left : e_left + e_width] = 0.0

@@ -13,9 +13,9 @@ Storage on each rank (its block of rows, ``shards.size`` = n of the N training i
 
 Selection (:meth:`SelectiveBanks.select`): every rank scores ALL ranks' anchors (all-gathered) against its
 own rows with ``bank_topk`` (self excluded, ``cam_penalty = λ_c / 2``), and the per-shard lists are merged
-into the exact global top-k (``shards.merge_sharded_topk``). Updates (:meth:`SelectiveBanks.update`) are
-applied by the owner of each row, in one canonical global order, so W ranks leave the banks exactly as one
-rank holding every row and the whole global batch would.
+into the exact global top-k (``reidscale.sharded.merge_sharded_topk``). Updates
+(:meth:`SelectiveBanks.update`) are applied by the owner of each row, in one canonical global order, so W
+ranks leave the banks exactly as one rank holding every row and the whole global batch would.
 
 Update rules (momentum m = 0.5 in the paper): G and L_k rows of each anchor ← normalise(m·row + (1−m)·f);
 mixture rows of each anchor's slots (self, then its positives) ← normalise(m·row + (1−m)·x), first for
@@ -36,7 +36,7 @@ from torch import Tensor
 from reidscale.kernels import bank_topk, bank_update
 from reidscale.objectives.selective.config import SelectiveConfig
 from reidscale.objectives.selective.heads import local_concat
-from reidscale.objectives.selective.shards import RowShards, fetch_rows, gather_batches, merge_sharded_topk
+from reidscale.sharded.rows import RowShards, fetch_rows, gather_batches, merge_sharded_topk
 
 #: version of the state_dict layout
 STATE_VERSION = 1
