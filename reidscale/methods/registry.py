@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from reidscale.methods.spec import MethodSpec
-from reidscale.utils.registry import register_into
+from reidscale.utils.registry import Registry
 
 #: (command, method name) → spec, filled by ``register_method`` when ``reidscale.methods`` is imported
-_METHODS: dict[tuple[str, str], MethodSpec] = {}
+_METHODS: Registry[tuple[str, str], MethodSpec] = Registry("method")
 
 
 def register_method(spec: MethodSpec) -> MethodSpec:
     """Add ``spec`` to the registry (ValueError when its command already has a method of that name)."""
-    return register_into(_METHODS, (spec.command, spec.name), f"method {spec.name!r} of {spec.command}")(spec)
+    _METHODS.add((spec.command, spec.name), spec, f"method {spec.name!r} of {spec.command}")
+    return spec
 
 
 def method_names(command: str) -> tuple[str, ...]:
@@ -24,9 +25,9 @@ def method_spec(command: str, name: str) -> MethodSpec:
     if (command, name) not in _METHODS:
         known = ", ".join(method_names(command)) or "none"
         raise ValueError(f"{command}: unknown method {name!r}; known methods: {known}")
-    return _METHODS[(command, name)]
+    return _METHODS.get((command, name))
 
 
 def methods_of(command: str) -> tuple[MethodSpec, ...]:
     """Every spec ``command`` trains (to compose its config root)."""
-    return tuple(spec for (cmd, _), spec in _METHODS.items() if cmd == command)
+    return tuple(_METHODS.get(key) for key in _METHODS if key[0] == command)
