@@ -9,13 +9,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from reidscale.config.schema import EvalConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
 from reidscale.config.loader import build_config
 from reidscale.data.datasets import load_dataset
 from reidscale.data.finetune_set import finetune_train_data
+from reidscale.evaluation.config import EvalConfig
 from reidscale.evaluation.evaluator import evaluate_feature_set
 from reidscale.evaluation.extract import extract_features
 from reidscale.methods.finetuning import FinetuneConfig
