@@ -107,6 +107,8 @@ SCORE_BYTES = 4  # fp32 scores
 OP_NAMES = {"topk": "topk", "loss": "loss_fwd_bwd", "update": "bank_update"}
 #: feature dtypes of ``--dtype``
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: the kernel op (``reidscale.kernels.support.OPS``) each shape op times
+KERNEL_OPS = {"topk": "bank_topk", "loss": "bank_contrastive_loss", "update": "bank_update"}
 
 
 @dataclass(frozen=True)
@@ -260,16 +262,19 @@ def _why_not_kernel(name: str, case: CaseSpec) -> str | None:
         return None
     if not case.device.startswith("cuda"):
         return f"the {name} kernel runs on CUDA tensors (--device {case.device})"
-    from reidscale.kernels.dispatch import TRITON_TOPK_MAX_K, TRITON_UPDATE_MAX_D, backend_status
+    from reidscale.kernels.dispatch import backend_status
+    from reidscale.kernels.support import BACKEND_SUPPORT
 
     usable, reason = backend_status(name)
     if not usable:
         return reason
-    if name == "triton" and case.shape.op == "topk" and case.shape.k > TRITON_TOPK_MAX_K:
-        return f"k = {case.shape.k} > {TRITON_TOPK_MAX_K} (the Triton kernel would run the torch reference)"
-    if name == "triton" and case.shape.op == "update" and case.shape.dim > TRITON_UPDATE_MAX_D:
-        return f"D = {case.shape.dim} > {TRITON_UPDATE_MAX_D} (a row is held on chip)"
-    return None
+    op = KERNEL_OPS[case.shape.op]
+    limits = BACKEND_SUPPORT[name].ops.get(op)
+    if limits is None:
+        return f"the {name} backend has no {op} kernel"
+    k = case.shape.k if case.shape.op == "topk" else None
+    outside = limits.why_not(dtypes=(DTYPES[case.dtype],), k=k, dim=case.shape.dim, rows=case.n_rows)
+    return None if outside is None else f"{outside}: outside what the {name} kernel serves (kernels.support)"
 
 
 def why_not_backend(name: str, case: CaseSpec) -> str | None:

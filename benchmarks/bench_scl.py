@@ -561,7 +561,8 @@ def topk_backend(spec: Spec) -> str:
     """What selects rows in this case: the original's matmul + sort, or the dispatched bank_topk backend."""
     if spec.path == "original":
         return "original: [B, N] distance via torch matmuls + full argsort"
-    from reidscale.kernels.dispatch import TRITON_TOPK_MAX_K, choose_backend
+    from reidscale.kernels.dispatch import choose_backend
+    from reidscale.kernels.support import TRITON_TOPK_MAX_K
 
     k = spec.config().selection_k
     unsupported = {"triton": f"k = {k} > {TRITON_TOPK_MAX_K}"} if k > TRITON_TOPK_MAX_K else {}

@@ -296,7 +296,8 @@ def selection_rows(n_rows: int, deadline: Deadline, roofline: Any, device: str) 
 
     from benchmarks import bench_kernels as bk
     from benchmarks import bench_scl as scl
-    from reidscale.kernels.dispatch import TRITON_TOPK_MAX_K, choose_backend
+    from reidscale.kernels.dispatch import choose_backend
+    from reidscale.kernels.support import TRITON_TOPK_MAX_K
     from reidscale.objectives.selective.banks import Anchors
     from reidscale.objectives.selective.config import SelectiveConfig
 

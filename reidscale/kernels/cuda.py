@@ -7,11 +7,11 @@ nvcc are present (``REIDSCALE_CUDA_JIT=0`` disables this; ``REIDSCALE_CUDA_CACHE
 ``~/.cache/reidscale/cuda``). Either way, loading the library registers ``torch.ops.reidscale.bank_topk``.
 
 Semantics are those of :func:`reidscale.kernels.reference_topk.bank_topk` for a single bank (the
-definition); the kernel design (tiled FMA GEMM, packed (score, index) keys, per-query staging buffers
-merged into per-split sorted top-k lists, a final top-k over the splits) is described in
-``csrc/bank_topk/bank_topk_kernel.cu``. k goes up to 4096; the B×N score matrix is never written; extra
-device memory is 16·B·k·S bytes for S bank splits (S chosen from the device size, at most 256 MiB of lists,
-unless given).
+definition), with the exclusions as a checked :class:`~reidscale.kernels.checks.Exclusions`; the kernel
+design (tiled FMA GEMM, packed (score, index) keys, per-query staging buffers merged into per-split sorted
+top-k lists, a final top-k over the splits) is described in ``csrc/bank_topk/bank_topk_kernel.cu``. k goes
+up to 4096; the B×N score matrix is never written; extra device memory is 16·B·k·S bytes for S bank
+splits (S chosen from the device size, at most 256 MiB of lists, unless given).
 """
 
 from __future__ import annotations
@@ -26,14 +26,20 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from reidscale.kernels import reference_topk as ref
+from reidscale.kernels.checks import (
+    Exclusions,
+    check_exclusions,
+    check_k,
+    check_optional_positive_int,
+    check_single_bank,
+)
+from reidscale.kernels.support import FUSED_TOPK_MAX_ROWS
 from reidscale.utils.cuda_toolkit import csrc_sources, cuda_toolkit_root
 
 #: the repository's csrc/ folder (present in a source checkout / editable install, not in a wheel)
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 #: name of the JIT-built module (the installed one is reidscale._C)
 JIT_NAME = "reidscale_cuda_jit"
-_MAX_ROWS = 2**32 - 1
 
 
 def cuda_extension() -> ModuleType | None:
@@ -105,27 +111,19 @@ def cuda_bank_topk(
     queries: Tensor,
     bank: Tensor,
     k: int,
+    exclusions: Exclusions | None = None,
     *,
-    query_labels: Tensor | None = None,
-    bank_labels: Tensor | None = None,
-    self_index: Tensor | None = None,
-    query_cams: Tensor | None = None,
-    bank_cams: Tensor | None = None,
-    cam_penalty: float = 0.0,
     splits: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Top-k bank rows per query with the CUDA kernel (single bank; see the module docstring).
 
     Args:
         queries: [B, D] float32/float16/bfloat16 on a CUDA device (any strides; copied to fp32 [B, D]).
-        bank: [N, D] float32/float16/bfloat16 on the same device, any strides (never copied); N < 2**32 − 1.
+        bank: [N, D] float32/float16/bfloat16 on the same device, any strides (never copied);
+            N ≤ ``FUSED_TOPK_MAX_ROWS``.
         k: 1 ≤ k ≤ 4096; k may exceed N (the tail is padding).
-        query_labels, bank_labels: [B] and [N] integer tensors, given together (equal label → excluded);
-            int32/int64 bank labels are read in place, other integer dtypes are converted to int64.
-        self_index: [B] integer tensor, each query's own bank row (excluded) or −1.
-        query_cams, bank_cams: [B] and [N] integer tensors, given together (as the labels); ``cam_penalty``
-            is subtracted where the cameras are equal.
-        cam_penalty: finite float; non-zero needs the cameras.
+        exclusions: labels, self index and camera penalty, built by ``Exclusions.check`` for this call
+            (None: nothing excluded); its int64 vectors are read in place.
         splits: bank splits S ≥ 1 processed by separate blocks (None: chosen from the device size, B, N
             and k); the result does not depend on it.
 
@@ -134,28 +132,27 @@ def cuda_bank_topk(
         padded with (−inf, −1); the reference's result up to fp32 summation order.
 
     Raises:
-        ValueError: malformed arguments (as the reference), tensors not on a CUDA device, N ≥ 2**32 − 1,
-            or a non-finite score.
+        ValueError: malformed arguments (as the reference), exclusions built for another call, tensors not
+            on a CUDA device, N > FUSED_TOPK_MAX_ROWS, or a non-finite score.
         RuntimeError: the CUDA ops cannot run here (no device, or the extension is neither built nor
             JIT-buildable; the message says which).
     """
-    checked = ref.check_single_bank(
-        "CUDA", queries, bank, k, query_labels, bank_labels, self_index, query_cams, bank_cams, cam_penalty
-    )
-    if splits is not None and (isinstance(splits, bool) or not isinstance(splits, int) or splits < 1):
-        raise ValueError(f"splits must be None or an int >= 1, got {splits!r}")
+    bank = check_single_bank("CUDA", queries, bank)
+    check_k(k)
+    exclusions = check_exclusions(exclusions, queries, bank.shape[0])
+    check_optional_positive_int("splits", splits)
     _check_runnable(queries, bank.shape[0])
-    with_cams = checked.cams is not None  # a zero penalty changes no score: skip the camera reads
+    labels, cams = exclusions.labels, exclusions.cams  # cams is None when the penalty is 0: no camera reads
     scores, indices, nonfinite = torch.ops.reidscale.bank_topk(
         queries.detach(),
         bank.detach(),
         k,
-        query_labels,
-        bank_labels,
-        self_index,
-        query_cams if with_cams else None,
-        bank_cams if with_cams else None,
-        checked.penalty,
+        labels[0] if labels else None,
+        labels[1] if labels else None,
+        exclusions.self_index,
+        cams[0] if cams else None,
+        cams[1] if cams else None,
+        exclusions.penalty,
         splits or 0,
     )
     if int(nonfinite.item()) != 0:
@@ -172,5 +169,7 @@ def _check_runnable(queries: Tensor, n_rows: int) -> None:
     ok, reason = cuda_available()
     if not ok:
         raise RuntimeError(f"cuda_bank_topk cannot run: {reason}")
-    if n_rows >= _MAX_ROWS:
-        raise ValueError(f"bank must have fewer than {_MAX_ROWS} rows for the CUDA kernel, got {n_rows}")
+    if n_rows > FUSED_TOPK_MAX_ROWS:
+        raise ValueError(
+            f"bank must have at most {FUSED_TOPK_MAX_ROWS} rows for the CUDA kernel, got {n_rows}"
+        )

@@ -1,14 +1,18 @@
 """One dispatch point per memory-bank op: CUDA extension → Triton → torch reference.
 
-Each public op validates its arguments with the reference's checks (so every backend raises the same
-``ValueError``), asks :func:`choose_backend` which backend serves this call, and runs it.
+Each public op checks its arguments with ``reidscale.kernels.checks`` (so every backend raises the same
+``ValueError``; ``bank_topk`` builds one checked :class:`~reidscale.kernels.checks.Exclusions` that every
+backend receives), asks :func:`choose_backend` which backend serves this call, and runs it.
 
 Choice rules, per call:
 
 - A backend serves a call when it is *usable here* (CUDA: ``reidscale._C`` loaded and a GPU; Triton:
-  importable and a GPU, or ``TRITON_INTERPRET=1``), the tensors are on a device it runs on (CUDA tensors;
-  Triton also takes CPU tensors under the interpreter, but only when asked for by name) and the call is
-  inside what it supports (e.g. the Triton ``bank_topk`` keeps k ≤ 128 on chip, float64 is torch-only).
+  importable and a GPU, or ``TRITON_INTERPRET=1``), the call is inside what the backend declares it
+  supports (``reidscale.kernels.support.BACKEND_SUPPORT``: the device types of its tensors, and per op the
+  dtypes, largest k, widest D, most rows; e.g. the Triton ``bank_topk`` keeps k ≤ 128 on chip, float64
+  is torch-only) and inside any call-specific limit the op names (a weighted bank list in separate
+  tensors runs on torch only). Triton also takes CPU tensors under the interpreter, but only when asked
+  for by name.
 - ``REIDSCALE_KERNELS=torch|triton|cuda`` asks for one backend; unset or ``auto`` takes the first that
   serves the call in the order cuda → triton → torch.
 - When the requested backend, or on a GPU a faster backend in the order, cannot serve a call, the op
@@ -24,29 +28,33 @@ import functools
 import importlib.util
 import os
 import warnings
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from reidscale.kernels import reference_loss as ref_loss
-from reidscale.kernels import reference_topk as ref_topk
+from reidscale.kernels.checks import (
+    Exclusions,
+    check_bool,
+    check_candidate_inputs,
+    check_full_inputs,
+    check_loss_form,
+    check_topk_call,
+    check_update_inputs,
+)
+from reidscale.kernels.chunked_topk import sort_by_score_then_index
+from reidscale.kernels.reference_topk import BankSpec, torch_bank_topk
+from reidscale.kernels.support import (
+    BACKEND_SUPPORT,
+    KERNEL_BACKENDS,
+    OP_BACKENDS,
+    triton_interpreting,
+)
 
 #: environment variable that asks for one backend
 BACKEND_ENV = "REIDSCALE_KERNELS"
-#: every backend, fastest first
-BACKENDS: tuple[str, ...] = ("cuda", "triton", "torch")
-#: the backends that implement each op, in dispatch order
-OP_BACKENDS: dict[str, tuple[str, ...]] = {
-    "bank_topk": ("cuda", "triton", "torch"),
-    "bank_contrastive_loss": ("triton", "torch"),
-    "bank_update": ("triton", "torch"),
-}
-#: largest k the Triton bank_topk kernel serves (kept here so choosing needs no triton import)
-TRITON_TOPK_MAX_K = 128
-#: widest row the Triton bank_update kernel holds on chip
-TRITON_UPDATE_MAX_D = 8192
-_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 class KernelFallbackWarning(UserWarning):
@@ -65,8 +73,8 @@ def requested_backend() -> str | None:
     value = os.environ.get(BACKEND_ENV, "").strip().lower()
     if value in ("", "auto"):
         return None
-    if value not in BACKENDS:
-        raise ValueError(f"{BACKEND_ENV} must be one of auto, {', '.join(BACKENDS)}; got {value!r}")
+    if value not in KERNEL_BACKENDS:
+        raise ValueError(f"{BACKEND_ENV} must be one of auto, {', '.join(KERNEL_BACKENDS)}; got {value!r}")
     return value
 
 
@@ -98,7 +106,7 @@ def backend_status(backend: str) -> tuple[bool, str]:
         return _triton_status()
     if backend == "torch":
         return True, "torch reference, always available"
-    raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(KERNEL_BACKENDS)}")
 
 
 def reset_backend_cache() -> None:
@@ -117,57 +125,93 @@ def _warn_once(message: str) -> None:
         warnings.warn(message, KernelFallbackWarning, stacklevel=4)
 
 
-def _why_not(backend: str, device: torch.device, unsupported: dict[str, str], forced: bool) -> str | None:
-    """None if ``backend`` can serve a call on ``device``, else the reason it cannot."""
+def _why_not(
+    backend: str,
+    op: str,
+    device: torch.device,
+    call: dict[str, Any],
+    unsupported: dict[str, str],
+    forced: bool,
+) -> str | None:
+    """None if ``backend`` can serve this call of ``op`` on ``device``, else the reason it cannot.
+
+    The order of the reasons: the call's own (``unsupported``), the backend's declared limits, whether it
+    is usable here, the device its tensors must be on.
+    """
     if backend in unsupported:
         return unsupported[backend]
-    if backend == "torch":
-        return None
+    support = BACKEND_SUPPORT[backend]
+    reason = support.ops[op].why_not(**call)
+    if reason is not None:
+        return reason
     usable, reason = backend_status(backend)
     if not usable:
         return reason
-    if device.type == "cuda":
+    if support.devices is None or device.type in support.devices:
         return None
-    interpreted = backend == "triton" and os.environ.get("TRITON_INTERPRET", "0") == "1"
-    if interpreted and forced:
+    if forced and device.type in support.interpreted_devices and triton_interpreting():
         return None
-    return f"tensors are on {device}, the {backend} backend runs on CUDA tensors"
+    places = " or ".join(kind.upper() for kind in support.devices)
+    return f"tensors are on {device}, the {backend} backend runs on {places} tensors"
 
 
-def choose_backend(op: str, device: torch.device, unsupported: dict[str, str] | None = None) -> str:
+def choose_backend(
+    op: str,
+    device: torch.device,
+    unsupported: dict[str, str] | None = None,
+    *,
+    dtypes: Iterable[torch.dtype] = (),
+    k: int | None = None,
+    dim: int | None = None,
+    rows: int | None = None,
+) -> str:
     """The backend that serves one call of ``op`` with tensors on ``device``.
 
     Args:
         op: a key of :data:`OP_BACKENDS`.
         device: where the call's tensors live.
-        unsupported: backend → reason, for backends this particular call is outside of.
+        unsupported: backend → reason, for backends this particular call is outside of for a reason the
+            support tables do not state.
+        dtypes, k, dim, rows: the call's input dtypes, results per query, feature width and bank rows
+            (those given), checked against each backend's declared limits (``BACKEND_SUPPORT``).
 
     Returns:
         ``"cuda"``, ``"triton"`` or ``"torch"``; falling back warns once per reason (see module doc).
+
+    Raises:
+        ValueError: ``REIDSCALE_KERNELS`` holds an unknown name, or no backend serves the call.
     """
     unsupported = unsupported or {}
+    call = {"dtypes": tuple(dtypes), "k": k, "dim": dim, "rows": rows}
     order = OP_BACKENDS[op]
     forced = requested_backend()
     if forced is not None and forced not in order:
         _warn_once(f"{op}: {BACKEND_ENV}={forced} has no {op} kernel; using the dispatch order {order}")
         forced = None
     if forced is not None:
-        reason = _why_not(forced, device, unsupported, forced=True)
+        reason = _why_not(forced, op, device, call, unsupported, forced=True)
         if reason is None:
             return forced
-        order = order[order.index(forced) + 1 :]
-        chosen = next(b for b in order if _why_not(b, device, unsupported, forced=False) is None)
+        chosen = _first_serving(op, order[order.index(forced) + 1 :], device, call, unsupported)[0]
         _warn_once(f"{op}: {BACKEND_ENV}={forced} cannot serve this call ({reason}); using {chosen}")
         return chosen
+    chosen, skipped = _first_serving(op, order, device, call, unsupported)
+    if device.type == "cuda" and skipped:
+        _warn_once(f"{op}: using {chosen} on {device}; skipped " + "; ".join(skipped))
+    return chosen
+
+
+def _first_serving(
+    op: str, order: tuple[str, ...], device: torch.device, call: dict[str, Any], unsupported: dict[str, str]
+) -> tuple[str, list[str]]:
+    """(the first backend of ``order`` that serves the call, ``"<backend>: <reason>"`` of those before it)."""
     skipped = []
     for backend in order:
-        reason = _why_not(backend, device, unsupported, forced=False)
+        reason = _why_not(backend, op, device, call, unsupported, forced=False)
         if reason is None:
-            if device.type == "cuda" and skipped:
-                _warn_once(f"{op}: using {backend} on {device}; skipped " + "; ".join(skipped))
-            return backend
+            return backend, skipped
         skipped.append(f"{backend}: {reason}")
-    raise AssertionError("the torch backend serves every call")  # pragma: no cover
+    raise ValueError(f"no kernel backend serves this {op} call: " + "; ".join(skipped))
 
 
 def dispatch_report() -> dict[str, Any]:
@@ -176,7 +220,7 @@ def dispatch_report() -> dict[str, Any]:
         forced = requested_backend()
     except ValueError as err:
         return {"requested": os.environ.get(BACKEND_ENV), "error": str(err)}
-    statuses = {name: backend_status(name) for name in BACKENDS}
+    statuses = {name: backend_status(name) for name in KERNEL_BACKENDS}
     ops = {}
     for op, order in OP_BACKENDS.items():
         ops[op] = {
@@ -202,7 +246,7 @@ def _report_choice(op: str, device: torch.device) -> str:
 
 def bank_topk(
     queries: Tensor,
-    bank: ref_topk.BankSpec,
+    bank: BankSpec,
     k: int,
     *,
     query_labels: Tensor | None = None,
@@ -219,7 +263,8 @@ def bank_topk(
     The semantics, arguments and results are those of
     :func:`reidscale.kernels.reference_topk.bank_topk` (the definition): ``(scores [B, k] float32,
     indices [B, k] int64)`` sorted by score descending then index ascending, padded with (−inf, −1), plus
-    ``(pos_scores [B, P], pos_indices [B, P])`` with ``return_positive_scores=True``.
+    ``(pos_scores [B, P], pos_indices [B, P])`` with ``return_positive_scores=True``. The exclusion
+    arguments become one checked :class:`~reidscale.kernels.checks.Exclusions` that the backend receives.
 
     Backends: CUDA (k ≤ 4096), Triton (k ≤ 128), torch. A weighted bank list whose banks are adjacent
     column blocks of one tensor (e.g. global + 8 stripe features stored side by side) runs on the fused
@@ -228,40 +273,44 @@ def bank_topk(
     scores of the fused backends are computed by gathering each query's label-positives (O(B·P·D)).
     ``bank_chunk`` only tunes the torch backend.
     """
-    banks = ref_topk._check_banks(queries, bank)
-    ref_topk._check_k(k)
-    options = {
-        "query_labels": query_labels,
-        "bank_labels": bank_labels,
-        "self_index": self_index,
-        "query_cams": query_cams,
-        "bank_cams": bank_cams,
-        "cam_penalty": cam_penalty,
-    }
-    fused = _fuse_adjacent_banks(queries, banks)
+    call = check_topk_call(
+        queries,
+        bank,
+        k,
+        query_labels=query_labels,
+        bank_labels=bank_labels,
+        self_index=self_index,
+        query_cams=query_cams,
+        bank_cams=bank_cams,
+        cam_penalty=cam_penalty,
+        return_positive_scores=return_positive_scores,
+        bank_chunk=bank_chunk,
+    )
+    fused = _fuse_adjacent_banks(queries, call.banks)
     unsupported = {}
     if fused is None:
         unsupported = dict.fromkeys(("cuda", "triton"), "weighted banks in separate tensors")
-    if k > TRITON_TOPK_MAX_K:
-        unsupported.setdefault("triton", f"k = {k} > {TRITON_TOPK_MAX_K}")
-    backend = choose_backend("bank_topk", queries.device, unsupported)
+    dtypes = (queries.dtype, *(rows.dtype for rows, _ in call.banks))
+    rows = call.banks[0][0].shape[0]
+    backend = choose_backend("bank_topk", queries.device, unsupported, dtypes=dtypes, k=k, rows=rows)
     if backend == "torch":
-        return ref_topk.bank_topk(
-            queries, bank, k, return_positive_scores=return_positive_scores, bank_chunk=bank_chunk, **options
-        )
-    if not isinstance(return_positive_scores, bool):
-        raise ValueError(
-            f"return_positive_scores must be a bool, got {type(return_positive_scores).__name__}"
+        return torch_bank_topk(
+            queries,
+            call.banks,
+            k,
+            call.exclusions,
+            bank_chunk=call.bank_chunk,
+            return_positive_scores=call.return_positive_scores,
         )
     fused_queries, fused_bank = fused
     if backend == "cuda":
         from reidscale.kernels.cuda import cuda_bank_topk as run
     else:
         from reidscale.kernels.triton import triton_bank_topk as run
-    best = run(fused_queries, fused_bank, k, **options)
-    if not return_positive_scores:
+    best = run(fused_queries, fused_bank, k, call.exclusions)
+    if not call.return_positive_scores:
         return best
-    return (*best, *_positive_scores(fused_queries, fused_bank, options))
+    return (*best, *_positive_scores(fused_queries, fused_bank, call.exclusions))
 
 
 def _fuse_adjacent_banks(queries: Tensor, banks: list[tuple[Tensor, float]]) -> tuple[Tensor, Tensor] | None:
@@ -290,41 +339,33 @@ def _fuse_adjacent_banks(queries: Tensor, banks: list[tuple[Tensor, float]]) -> 
     return queries.to(torch.float32) * scale.to(queries.device), fused_bank
 
 
-def _positive_scores(queries: Tensor, bank: Tensor, options: dict[str, Any]) -> tuple[Tensor, Tensor]:
+def _positive_scores(queries: Tensor, bank: Tensor, exclusions: Exclusions) -> tuple[Tensor, Tensor]:
     """``(pos_scores [B, P], pos_indices [B, P])``: every label-positive but self, as the reference returns.
 
-    The bank labels are sorted once; each query's positives are the run of its label (self removed),
-    gathered and scored directly (fp32, camera penalty included), then ordered like the top-k.
+    ``exclusions`` carries labels (checked by ``checks.check_positive_scores_request``). The bank labels
+    are sorted once; each query's positives are the run of its label (self removed), gathered and scored
+    directly (fp32, camera penalty included), then ordered like the top-k.
     """
     batch, device = queries.shape[0], queries.device
-    labels = ref_topk._check_pair(
-        "query_labels", options["query_labels"], "bank_labels", options["bank_labels"], queries, bank.shape[0]
-    )
-    if labels is None:
-        raise ValueError(
-            "return_positive_scores=True needs query_labels and bank_labels (positives are by label)"
-        )
-    selves = ref_topk._check_self_index(options["self_index"], queries, bank.shape[0])
-    sorted_labels, order = torch.sort(labels[1], stable=True)
-    first = torch.searchsorted(sorted_labels, labels[0], side="left")
-    count = torch.searchsorted(sorted_labels, labels[0], side="right") - first  # [B]
+    query_labels, bank_labels = exclusions.labels
+    sorted_labels, order = torch.sort(bank_labels, stable=True)
+    first = torch.searchsorted(sorted_labels, query_labels, side="left")
+    count = torch.searchsorted(sorted_labels, query_labels, side="right") - first  # [B]
     width = int(count.max()) if batch else 0
     slots = torch.arange(width, device=device)
     present = slots[None, :] < count[:, None]  # [B, width]
     ids = torch.where(
         present, order[(first[:, None] + slots[None, :]).clamp(max=max(bank.shape[0] - 1, 0))], -1
     )
-    if selves is not None:
-        ids = torch.where(ids == selves[:, None], -1, ids)
+    if exclusions.self_index is not None:
+        ids = torch.where(ids == exclusions.self_index[:, None], -1, ids)
     rows = bank[ids.clamp(min=0)].to(torch.float32)  # [B, width, D]
     scores = torch.einsum("bd,bpd->bp", queries.to(torch.float32), rows)
-    cams = ref_topk._check_pair(
-        "query_cams", options["query_cams"], "bank_cams", options["bank_cams"], queries, bank.shape[0]
-    )
-    penalty = ref_topk._check_penalty(options["cam_penalty"], cams)
-    if cams is not None and penalty != 0.0:
-        scores = scores - penalty * (cams[0][:, None] == cams[1][ids.clamp(min=0)]).to(torch.float32)
-    scores, ids = ref_topk.sort_by_score_then_index(scores, ids)
+    if exclusions.cams is not None:
+        query_cams, bank_cams = exclusions.cams
+        same_cam = query_cams[:, None] == bank_cams[ids.clamp(min=0)]
+        scores = scores - exclusions.penalty * same_cam.to(torch.float32)
+    scores, ids = sort_by_score_then_index(scores, ids)
     n_pos = int((ids >= 0).sum(dim=1).max()) if batch else 0
     return scores[:, :n_pos].contiguous(), ids[:, :n_pos].contiguous()
 
@@ -361,24 +402,15 @@ def bank_contrastive_loss(
         Scalar ``mean_b L_b`` (float32, or float64 for float64 inputs on the torch backend). Every backend
         computes ``dL/dq`` in its forward pass; the backward only scales it.
     """
-    if (candidates is None) == (positives is None):
-        raise ValueError("give exactly one of candidates (candidate-set form) or positives (whole-bank form)")
-    if candidates is None and weights is not None:
-        raise ValueError("weights goes with candidates; the whole-bank form takes positive_weights")
-    if positives is None and positive_weights is not None:
-        raise ValueError("positive_weights goes with positives; the candidate-set form takes weights")
+    check_loss_form(candidates, weights, positives, positive_weights)
     if candidates is not None:
-        checked = ref_loss.check_candidate_inputs(queries, bank, candidates, weights, temperature)
+        checked = check_candidate_inputs(queries, bank, candidates, weights, temperature)
         queries, bank, candidates, weights, temperature = checked
     else:
-        checked = ref_loss.check_full_inputs(
-            queries, bank, positives, positive_weights, temperature, bank_chunk
-        )
+        checked = check_full_inputs(queries, bank, positives, positive_weights, temperature, bank_chunk)
         queries, bank, positives, weights, temperature, chunk = checked
-    unsupported = {}
-    if queries.dtype not in _TRITON_DTYPES or bank.dtype not in _TRITON_DTYPES:
-        unsupported["triton"] = "float64 inputs"
-    backend = choose_backend("bank_contrastive_loss", queries.device, unsupported)
+    dtypes = (queries.dtype, bank.dtype)
+    backend = choose_backend("bank_contrastive_loss", queries.device, dtypes=dtypes)
     need_grad = ref_loss.needs_query_grad(queries)
     if backend == "torch":
         if candidates is not None:
@@ -412,15 +444,10 @@ def bank_update(
         momentum: weight of the old row, in ``[0, 1]``.
         normalize: L2-normalise each updated row.
     """
-    bank, indices, features, momentum = ref_loss.check_update_inputs(bank, indices, features, momentum)
-    if not isinstance(normalize, bool):
-        raise ValueError(f"normalize must be a bool, got {type(normalize).__name__}")
-    unsupported = {}
-    if bank.dtype not in _TRITON_DTYPES or features.dtype not in _TRITON_DTYPES:
-        unsupported["triton"] = "float64 inputs"
-    elif bank.shape[1] > TRITON_UPDATE_MAX_D:
-        unsupported["triton"] = f"D = {bank.shape[1]} > {TRITON_UPDATE_MAX_D} (a row is held on chip)"
-    backend = choose_backend("bank_update", bank.device, unsupported)
+    bank, indices, features, momentum = check_update_inputs(bank, indices, features, momentum)
+    check_bool("normalize", normalize)
+    dtypes = (bank.dtype, features.dtype)
+    backend = choose_backend("bank_update", bank.device, dtypes=dtypes, dim=bank.shape[1])
     if backend == "torch" or indices.numel() == 0:
         ref_loss.bank_update(bank, indices, features, momentum, normalize)
         return

@@ -21,88 +21,23 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from reidscale.kernels.reference_topk import describe_value
+from reidscale.kernels.checks import (
+    accumulation_dtype,
+    check_candidate_inputs,
+    check_full_inputs,
+    check_update_inputs,
+)
 
 __all__ = [
     "bank_contrastive_loss_candidates",
     "bank_contrastive_loss_full",
     "bank_update",
-    "check_candidate_inputs",
-    "check_full_inputs",
-    "check_update_inputs",
     "full_bank_terms",
     "loss_from_terms",
     "needs_query_grad",
 ]
 
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _NORMALIZE_EPS = 1e-12
-
-
-# ----------------------------------------------------------------------------------------------- validation
-def _check_float_matrix(name: str, tensor: object) -> torch.Tensor:
-    if not isinstance(tensor, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-    if tensor.dim() != 2:
-        raise ValueError(f"{name} must be 2-D, got shape {tuple(tensor.shape)}")
-    if tensor.dtype not in _FLOAT_DTYPES:
-        raise ValueError(f"{name} must be float16/bfloat16/float32/float64, got {tensor.dtype}")
-    return tensor
-
-
-def _check_same_device(**tensors: torch.Tensor) -> None:
-    devices = {name: t.device for name, t in tensors.items()}
-    if len(set(devices.values())) > 1:
-        raise ValueError(f"all tensors must be on one device, got {devices}")
-
-
-def _check_queries_bank(queries: object, bank: object) -> tuple[torch.Tensor, torch.Tensor]:
-    queries = _check_float_matrix("queries", queries)
-    bank = _check_float_matrix("bank", bank)
-    if queries.shape[1] != bank.shape[1]:
-        raise ValueError(
-            f"queries and bank must share the feature size D, got {queries.shape[1]} and {bank.shape[1]}"
-        )
-    if bank.shape[0] == 0:
-        raise ValueError("bank must have at least one row, got N = 0")
-    return queries, bank
-
-
-def _check_index_matrix(name: str, index: object, rows: int, bank_rows: int) -> torch.Tensor:
-    """Check a ``[rows, K]`` int64 matrix of bank indices in ``[-1, bank_rows)`` (``-1`` = padding)."""
-    if not isinstance(index, torch.Tensor) or index.dtype != torch.int64 or index.dim() != 2:
-        raise ValueError(f"{name} must be a 2-D int64 tensor, got {describe_value(index)}")
-    if index.shape[0] != rows:
-        raise ValueError(f"{name} must have {rows} rows (one per query), got {index.shape[0]}")
-    if index.numel() and (int(index.min()) < -1 or int(index.max()) >= bank_rows):
-        raise ValueError(f"{name} values must lie in [-1, {bank_rows}) (-1 = padding)")
-    return index
-
-
-def _check_weights(name: str, weights: object, padding: torch.Tensor) -> torch.Tensor:
-    """Check finite, non-negative weights shaped like ``padding`` that are exactly 0 on padding slots."""
-    if not isinstance(weights, torch.Tensor) or weights.dtype not in _FLOAT_DTYPES:
-        raise ValueError(f"{name} must be a floating tensor, got {describe_value(weights)}")
-    if weights.shape != padding.shape:
-        raise ValueError(f"{name} must have shape {tuple(padding.shape)}, got {tuple(weights.shape)}")
-    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
-        raise ValueError(f"{name} must be finite and non-negative")
-    if bool((weights[padding] != 0).any()):
-        raise ValueError(f"{name} must be 0 wherever the index is -1 (padding)")
-    return weights
-
-
-def _check_temperature(temperature: object) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise ValueError(f"temperature must be a positive float, got {temperature!r}")
-    if not (0.0 < float(temperature) < float("inf")):
-        raise ValueError(f"temperature must be positive and finite, got {temperature!r}")
-    return float(temperature)
-
-
-def _accumulation_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """float64 if any input is float64, else float32 (fp16/bf16 inputs are accumulated in fp32)."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 # ------------------------------------------------------------------------------- loss from per-query terms
@@ -147,25 +82,6 @@ def needs_query_grad(queries: torch.Tensor) -> bool:
 
 
 # ------------------------------------------------------------------------------------ candidate-set form
-def check_candidate_inputs(
-    queries: object, bank: object, candidates: object, weights: object, temperature: object
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]:
-    """Validate the candidate-set loss inputs: ``(queries, bank, candidates, weights, temperature)``.
-
-    Raises:
-        ValueError: naming the argument and what was expected.
-    """
-    queries, bank = _check_queries_bank(queries, bank)
-    candidates = _check_index_matrix("candidates", candidates, queries.shape[0], bank.shape[0])
-    padding = candidates < 0
-    weights = _check_weights("weights", weights, padding)
-    temperature = _check_temperature(temperature)
-    _check_same_device(queries=queries, bank=bank, candidates=candidates, weights=weights)
-    if candidates.shape[1] == 0 or bool(padding.all(dim=1).any()):
-        raise ValueError("candidates must hold at least one valid (non -1) index in every row")
-    return queries, bank, candidates, weights, temperature
-
-
 def bank_contrastive_loss_candidates(
     queries: torch.Tensor,
     bank: torch.Tensor,
@@ -197,7 +113,7 @@ def bank_contrastive_loss_candidates(
         queries, bank, candidates, weights, temperature
     )
     padding = candidates < 0
-    dtype = _accumulation_dtype(queries, bank)
+    dtype = accumulation_dtype(queries, bank)
     rows = bank.detach()[candidates.clamp(min=0)].to(dtype)  # [B, C, D]
     logits = torch.einsum("bd,bcd->bc", queries.to(dtype), rows) / temperature  # [B, C]
     log_probs = torch.log_softmax(logits.masked_fill(padding, float("-inf")), dim=1)
@@ -207,40 +123,6 @@ def bank_contrastive_loss_candidates(
 
 
 # -------------------------------------------------------------------------------------- whole-bank form
-def check_full_inputs(
-    queries: object,
-    bank: object,
-    positives: object,
-    positive_weights: object,
-    temperature: object,
-    bank_chunk: object = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float, int]:
-    """Validate the whole-bank loss inputs: ``(queries, bank, positives, weights, temperature, chunk)``.
-
-    ``weights`` comes back in the accumulation dtype, uniform over the valid positives when
-    ``positive_weights`` is None; ``chunk`` is the bank rows per streamed block (N when ``bank_chunk`` is
-    None).
-
-    Raises:
-        ValueError: naming the argument and what was expected.
-    """
-    queries, bank = _check_queries_bank(queries, bank)
-    positives = _check_index_matrix("positives", positives, queries.shape[0], bank.shape[0])
-    padding = positives < 0
-    if positives.shape[1] == 0 or bool(padding.all(dim=1).any()):
-        raise ValueError("positives must hold at least one valid (non -1) index in every row")
-    temperature = _check_temperature(temperature)
-    chunk = _check_bank_chunk(bank_chunk, bank.shape[0])
-    dtype = _accumulation_dtype(queries, bank)
-    if positive_weights is None:
-        valid = (~padding).to(dtype)
-        weights = valid / valid.sum(dim=1, keepdim=True)
-    else:
-        weights = _check_weights("positive_weights", positive_weights, padding).to(dtype)
-    _check_same_device(queries=queries, bank=bank, positives=positives, positive_weights=weights)
-    return queries, bank, positives, weights, temperature, chunk
-
-
 def full_bank_terms(
     queries: torch.Tensor,
     bank: torch.Tensor,
@@ -327,40 +209,7 @@ def bank_contrastive_loss_full(
     return loss_from_terms(queries, per_query, grad)
 
 
-def _check_bank_chunk(bank_chunk: object, bank_rows: int) -> int:
-    if bank_chunk is None:
-        return bank_rows
-    if isinstance(bank_chunk, bool) or not isinstance(bank_chunk, int) or bank_chunk < 1:
-        raise ValueError(f"bank_chunk must be a positive int or None, got {bank_chunk!r}")
-    return min(bank_chunk, bank_rows)
-
-
 # ------------------------------------------------------------------------------------------- bank update
-def check_update_inputs(
-    bank: object, indices: object, features: object, momentum: object
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-    """Validate the bank update inputs: ``(bank, indices, features, momentum)``.
-
-    Raises:
-        ValueError: naming the argument and what was expected.
-    """
-    bank = _check_float_matrix("bank", bank)
-    features = _check_float_matrix("features", features)
-    if not isinstance(indices, torch.Tensor) or indices.dtype != torch.int64 or indices.dim() != 1:
-        raise ValueError(f"indices must be a 1-D int64 tensor, got {describe_value(indices)}")
-    if indices.shape[0] != features.shape[0] or features.shape[1] != bank.shape[1]:
-        raise ValueError(
-            f"features must have shape [len(indices), D] = [{indices.shape[0]}, {bank.shape[1]}], "
-            f"got {tuple(features.shape)}"
-        )
-    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= bank.shape[0]):
-        raise ValueError(f"indices values must lie in [0, {bank.shape[0]})")
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum must be a float in [0, 1], got {momentum!r}")
-    _check_same_device(bank=bank, indices=indices, features=features)
-    return bank, indices, features, float(momentum)
-
-
 def bank_update(
     bank: torch.Tensor,
     indices: torch.Tensor,
@@ -397,7 +246,7 @@ def _sequential_update(
     bank: torch.Tensor, indices: torch.Tensor, features: torch.Tensor, momentum: float, normalize: bool
 ) -> None:
     """Apply the repeats of each index in batch order, one vectorised round per occurrence rank."""
-    dtype = _accumulation_dtype(bank, features)
+    dtype = accumulation_dtype(bank, features)
     unique, slot = torch.unique(indices, return_inverse=True)  # slot: [B] row of `unique` per pair
     rows = bank[unique].to(dtype)  # [U, D] working copy
     new = features.detach().to(dtype)

@@ -20,26 +20,27 @@ distance λ_g‖g − G_n‖² + (1−λ_g)/8 Σ_k ‖l_k − L_kn‖² + λ_c [
 ``bank=[(G, λ_g), (L[0], (1−λ_g)/8), ..., (L[7], (1−λ_g)/8)]``, ``queries=[g | l_1 | ... | l_8]`` and
 ``cam_penalty=λ_c/2``. The banks are read chunk by chunk through views; nothing is concatenated.
 
-Memory: the bank is processed ``bank_chunk`` rows at a time with a running top-k merge, so the working set
-is O(B·(k + bank_chunk)); the merge is a lexicographic (score desc, index asc) sort, so ties are exact
-across chunk boundaries and the result does not depend on ``bank_chunk``.
+Memory: the bank is processed ``bank_chunk`` rows at a time and ranked with the exact chunked top-k of
+:mod:`reidscale.kernels.chunked_topk` (the one the neighbour search's torch backend uses too), so the
+working set is O(B·(k + bank_chunk)), ties are exact across chunk boundaries and the result does not
+depend on ``bank_chunk``.
+
+Arguments are checked by :mod:`reidscale.kernels.checks`; :func:`bank_topk` takes the op's keyword
+arguments, :func:`torch_bank_topk` is the torch backend on checked inputs (an :class:`Exclusions`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-#: largest k the op supports (the fused kernels keep k candidates per query on chip)
-MAX_K = 4096
+from reidscale.kernels.checks import Exclusions, check_topk_call
+from reidscale.kernels.chunked_topk import RunningTopK
+
 #: bank rows per chunk when ``bank_chunk`` is not given
 DEFAULT_BANK_CHUNK = 8192
-#: input dtypes accepted for queries and banks; scores are always float32
-FEATURE_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16)
 
 BankSpec = Tensor | Sequence[tuple[Tensor, float]]
 
@@ -86,42 +87,63 @@ def bank_topk(
         ValueError: a malformed argument (shape, dtype, device, range, pairing), or a non-finite score
             (non-finite inputs, or values that overflow fp32).
     """
-    banks = _check_banks(queries, bank)
-    n_rows = banks[0][0].shape[0]
-    _check_k(k)
-    chunk = _check_chunk(bank_chunk)
-    labels = _check_pair("query_labels", query_labels, "bank_labels", bank_labels, queries, n_rows)
-    cams = _check_pair("query_cams", query_cams, "bank_cams", bank_cams, queries, n_rows)
-    self_index = _check_self_index(self_index, queries, n_rows)
-    penalty = _check_penalty(cam_penalty, cams)
-    if not isinstance(return_positive_scores, bool):
-        raise ValueError(
-            f"return_positive_scores must be a bool, got {type(return_positive_scores).__name__}"
-        )
-    if return_positive_scores and labels is None:
-        raise ValueError(
-            "return_positive_scores=True needs query_labels and bank_labels (positives are by label)"
-        )
+    call = check_topk_call(
+        queries,
+        bank,
+        k,
+        query_labels=query_labels,
+        bank_labels=bank_labels,
+        self_index=self_index,
+        query_cams=query_cams,
+        bank_cams=bank_cams,
+        cam_penalty=cam_penalty,
+        return_positive_scores=return_positive_scores,
+        bank_chunk=bank_chunk,
+    )
+    return torch_bank_topk(
+        queries,
+        call.banks,
+        k,
+        call.exclusions,
+        bank_chunk=call.bank_chunk,
+        return_positive_scores=call.return_positive_scores,
+    )
 
-    n_pos = 0
-    if return_positive_scores:
-        n_pos = _max_positive_count(labels, self_index, n_rows, chunk)
+
+def torch_bank_topk(
+    queries: Tensor,
+    banks: list[tuple[Tensor, float]],
+    k: int,
+    exclusions: Exclusions,
+    *,
+    bank_chunk: int | None = None,
+    return_positive_scores: bool = False,
+) -> tuple[Tensor, ...]:
+    """The torch backend of ``bank_topk`` on checked inputs (see :func:`bank_topk` for the results).
+
+    Args:
+        queries: [B, D], checked with the banks by ``checks.check_banks``.
+        banks: ``(rows [N, D_i], weight)`` pairs from ``checks.check_banks``.
+        k: 1 ≤ k ≤ 4096.
+        exclusions: built by :meth:`Exclusions.check` for this call.
+        bank_chunk: bank rows per step (None: ``DEFAULT_BANK_CHUNK``).
+        return_positive_scores: also return the label-positives (the exclusions carry labels).
+    """
+    n_rows, batch, device = banks[0][0].shape[0], queries.shape[0], queries.device
+    chunk = bank_chunk or DEFAULT_BANK_CHUNK
+    n_pos = _max_positive_count(exclusions, batch, n_rows, chunk, device) if return_positive_scores else 0
     q_blocks = _query_blocks(queries, banks)
-    best = _empty_topk(queries.shape[0], k, queries.device)
-    best_pos = _empty_topk(queries.shape[0], n_pos, queries.device)
+    best = RunningTopK(batch, k, largest=True, dtype=torch.float32, device=device)
+    positives = RunningTopK(batch, n_pos, largest=True, dtype=torch.float32, device=device)
     for start in range(0, n_rows, chunk):
         stop = min(start + chunk, n_rows)
-        scores = _chunk_scores(q_blocks, banks, start, stop, cams, penalty)
-        is_self, is_pos = _chunk_exclusions(labels, self_index, start, stop, queries.shape[0], queries.device)
-        ids = torch.arange(start, stop, device=queries.device).expand_as(scores)
-        minus_one = torch.full_like(ids, -1)
-        best = _merge(best, scores, torch.where(is_self | is_pos, minus_one, ids), k)
+        scores = _chunk_scores(q_blocks, banks, start, stop, exclusions)
+        is_self, is_pos = _chunk_exclusions(exclusions, start, stop, device)
+        excluded = is_self if is_pos is None else is_pos if is_self is None else is_self | is_pos
+        best.add(scores, keep=None if excluded is None else ~excluded)
         if n_pos > 0:
-            best_pos = _merge(best_pos, scores, torch.where(is_pos & ~is_self, ids, minus_one), n_pos)
-    return (*best, *best_pos) if return_positive_scores else best
-
-
-# --------------------------------------------------------------------------------------------- core
+            positives.add(scores, keep=_positive_mask(is_self, is_pos))
+    return (*best.result(), *positives.result()) if return_positive_scores else best.result()
 
 
 def _query_blocks(queries: Tensor, banks: list[tuple[Tensor, float]]) -> list[Tensor]:
@@ -134,21 +156,16 @@ def _query_blocks(queries: Tensor, banks: list[tuple[Tensor, float]]) -> list[Te
 
 
 def _chunk_scores(
-    q_blocks: list[Tensor],
-    banks: list[tuple[Tensor, float]],
-    start: int,
-    stop: int,
-    cams: tuple[Tensor, Tensor] | None,
-    penalty: float,
+    q_blocks: list[Tensor], banks: list[tuple[Tensor, float]], start: int, stop: int, exclusions: Exclusions
 ) -> Tensor:
     """[B, stop − start] float32 scores of bank rows start..stop−1 (views of the banks, cast per chunk)."""
     scores = None
     for q, (rows, weight) in zip(q_blocks, banks, strict=True):
         term = weight * (q @ rows[start:stop].to(torch.float32).T)
         scores = term if scores is None else scores + term
-    if cams is not None and penalty != 0.0:
-        same_cam = cams[0][:, None] == cams[1][None, start:stop]
-        scores = scores - penalty * same_cam.to(torch.float32)
+    if exclusions.cams is not None:
+        same_cam = exclusions.cams[0][:, None] == exclusions.cams[1][None, start:stop]
+        scores = scores - exclusions.penalty * same_cam.to(torch.float32)
     if not bool(torch.isfinite(scores).all()):
         raise ValueError(
             f"non-finite score for bank rows {start}..{stop - 1}: queries/bank must be finite and their "
@@ -158,218 +175,30 @@ def _chunk_scores(
 
 
 def _chunk_exclusions(
-    labels: tuple[Tensor, Tensor] | None,
-    self_index: Tensor | None,
-    start: int,
-    stop: int,
-    batch: int,
-    device: torch.device,
-) -> tuple[Tensor, Tensor]:
-    """(is_self, is_positive): [B, stop − start] bool masks for bank rows start..stop−1."""
-    ids = torch.arange(start, stop, device=device)
-    if self_index is None:
-        is_self = torch.zeros(batch, stop - start, dtype=torch.bool, device=device)
-    else:
-        is_self = self_index[:, None] == ids[None, :]
-    if labels is None:
-        is_pos = torch.zeros(batch, stop - start, dtype=torch.bool, device=device)
-    else:
-        is_pos = labels[0][:, None] == labels[1][None, start:stop]
+    exclusions: Exclusions, start: int, stop: int, device: torch.device
+) -> tuple[Tensor | None, Tensor | None]:
+    """(is_self, is_positive): [B, stop − start] bool masks for bank rows start..stop−1, None when the
+    exclusions hold no self index / no labels."""
+    is_self = is_pos = None
+    if exclusions.self_index is not None:
+        is_self = exclusions.self_index[:, None] == torch.arange(start, stop, device=device)[None, :]
+    if exclusions.labels is not None:
+        is_pos = exclusions.labels[0][:, None] == exclusions.labels[1][None, start:stop]
     return is_self, is_pos
 
 
-def _merge(best: tuple[Tensor, Tensor], scores: Tensor, ids: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Merge a chunk's candidates (``ids`` −1 = not a candidate) into a running [B, k] top-k."""
-    all_scores = torch.cat([best[0], scores], dim=1)
-    all_ids = torch.cat([best[1], ids], dim=1)
-    all_scores, all_ids = sort_by_score_then_index(all_scores, all_ids)
-    return all_scores[:, :k].contiguous(), all_ids[:, :k].contiguous()
-
-
-def sort_by_score_then_index(scores: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
-    """Sort each row by (score descending, index ascending), entries with index −1 last as (−inf, −1).
-
-    Args:
-        scores: [B, M] float tensor (the scores of entries with index ≥ 0 must not be NaN).
-        indices: [B, M] int64 tensor, −1 for an empty slot.
-
-    Returns:
-        (scores [B, M], indices [B, M]) sorted; three stable sorts make the order lexicographic and
-        independent of the input order.
-    """
-    order = torch.sort(indices, dim=1, stable=True).indices
-    scores, indices = scores.gather(1, order), indices.gather(1, order)
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-    scores, indices = scores.gather(1, order), indices.gather(1, order)
-    order = torch.sort((indices >= 0).to(torch.int8), dim=1, descending=True, stable=True).indices
-    scores, indices = scores.gather(1, order), indices.gather(1, order)
-    empty = indices < 0
-    return scores.masked_fill(empty, -math.inf), indices
-
-
-def _empty_topk(batch: int, k: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    scores = torch.full((batch, k), -math.inf, dtype=torch.float32, device=device)
-    return scores, torch.full((batch, k), -1, dtype=torch.int64, device=device)
+def _positive_mask(is_self: Tensor | None, is_pos: Tensor) -> Tensor:
+    """[B, c] bool: label-positives other than the query's own row."""
+    return is_pos if is_self is None else is_pos & ~is_self
 
 
 def _max_positive_count(
-    labels: tuple[Tensor, Tensor], self_index: Tensor | None, n_rows: int, chunk: int
+    exclusions: Exclusions, batch: int, n_rows: int, chunk: int, device: torch.device
 ) -> int:
     """Largest number of label-positives (self excluded) of any query, counted chunk by chunk."""
-    batch, device = labels[0].shape[0], labels[0].device
     counts = torch.zeros(batch, dtype=torch.int64, device=device)
     for start in range(0, n_rows, chunk):
         stop = min(start + chunk, n_rows)
-        is_self, is_pos = _chunk_exclusions(labels, self_index, start, stop, batch, device)
-        counts += (is_pos & ~is_self).sum(dim=1)
+        is_self, is_pos = _chunk_exclusions(exclusions, start, stop, device)
+        counts += _positive_mask(is_self, is_pos).sum(dim=1)
     return int(counts.max()) if batch > 0 else 0
-
-
-# --------------------------------------------------------------------------------------- validation
-
-
-class SingleBankArgs(NamedTuple):
-    """Checked options of a single-bank ``bank_topk`` call (int64 vectors; ``cams`` None when unused)."""
-
-    labels: tuple[Tensor, Tensor] | None
-    self_index: Tensor | None
-    cams: tuple[Tensor, Tensor] | None
-    penalty: float
-
-
-def check_single_bank(
-    kernel: str,
-    queries: object,
-    bank: object,
-    k: object,
-    query_labels: object,
-    bank_labels: object,
-    self_index: object,
-    query_cams: object,
-    bank_cams: object,
-    cam_penalty: object,
-) -> SingleBankArgs:
-    """The checks of :func:`bank_topk` for a fused kernel that takes one bank tensor (named ``kernel``).
-
-    Raises:
-        ValueError: a bank list, or any argument the reference would reject, with the same message.
-    """
-    if not isinstance(bank, Tensor):
-        raise ValueError(
-            f"bank must be a single [N, D] tensor for the {kernel} kernel, got {describe_value(bank)}"
-        )
-    _check_banks(queries, bank)
-    _check_k(k)
-    n_rows = bank.shape[0]
-    labels = _check_pair("query_labels", query_labels, "bank_labels", bank_labels, queries, n_rows)
-    cams = _check_pair("query_cams", query_cams, "bank_cams", bank_cams, queries, n_rows)
-    selves = _check_self_index(self_index, queries, n_rows)
-    penalty = _check_penalty(cam_penalty, cams)
-    return SingleBankArgs(labels, selves, cams if penalty != 0.0 else None, penalty)
-
-
-def describe_value(value: object) -> str:
-    """A short description of an argument for error messages (dtype, shape, device of a tensor)."""
-    if isinstance(value, Tensor):
-        return f"a {value.dtype} tensor of shape {tuple(value.shape)} on {value.device}"
-    return type(value).__name__
-
-
-def _check_features(name: str, value: object, device: torch.device | None) -> Tensor:
-    if not isinstance(value, Tensor) or value.dim() != 2 or value.dtype not in FEATURE_DTYPES:
-        raise ValueError(f"{name} must be a 2-D float32/float16/bfloat16 tensor, got {describe_value(value)}")
-    if device is not None and value.device != device:
-        raise ValueError(f"{name} must be on {device} (the queries' device), got {value.device}")
-    return value
-
-
-def _check_banks(queries: object, bank: object) -> list[tuple[Tensor, float]]:
-    """The bank as a list of (rows [N, D_i], weight) pairs whose widths add up to the queries' D."""
-    queries = _check_features("queries", queries, None)
-    if isinstance(bank, Tensor):
-        pairs: list[tuple[Tensor, float]] = [(_check_features("bank", bank, queries.device), 1.0)]
-    elif isinstance(bank, Sequence) and not isinstance(bank, str) and len(bank) > 0:
-        pairs = [_check_bank_pair(i, item, queries.device) for i, item in enumerate(bank)]
-    else:
-        raise ValueError(
-            "bank must be a [N, D] tensor or a non-empty sequence of (tensor, weight) pairs, "
-            f"got {describe_value(bank)}"
-        )
-    sizes = {rows.shape[0] for rows, _ in pairs}
-    if len(sizes) != 1:
-        raise ValueError(f"bank: all banks must have the same number of rows N, got {sorted(sizes)}")
-    width = sum(rows.shape[1] for rows, _ in pairs)
-    if width != queries.shape[1]:
-        raise ValueError(
-            f"queries must have D = {width} columns (the sum of the bank widths), got {queries.shape[1]}"
-        )
-    return pairs
-
-
-def _check_bank_pair(i: int, item: object, device: torch.device) -> tuple[Tensor, float]:
-    if not isinstance(item, tuple | list) or len(item) != 2:
-        raise ValueError(f"bank[{i}] must be a (tensor [N, D_i], weight) pair, got {describe_value(item)}")
-    rows = _check_features(f"bank[{i}][0]", item[0], device)
-    weight = item[1]
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight):
-        raise ValueError(f"bank[{i}][1] (the weight) must be a finite float, got {weight!r}")
-    return rows, float(weight)
-
-
-def _check_k(k: object) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-        raise ValueError(f"k must be an int in [1, {MAX_K}], got {k!r}")
-
-
-def _check_chunk(bank_chunk: object) -> int:
-    if bank_chunk is None:
-        return DEFAULT_BANK_CHUNK
-    if isinstance(bank_chunk, bool) or not isinstance(bank_chunk, int) or bank_chunk < 1:
-        raise ValueError(f"bank_chunk must be None or an int >= 1, got {bank_chunk!r}")
-    return bank_chunk
-
-
-def _check_index_vector(name: str, value: object, length: int, device: torch.device) -> Tensor:
-    integer = isinstance(value, Tensor) and not value.is_floating_point() and not value.is_complex()
-    if not integer or value.dtype == torch.bool or value.dim() != 1 or value.shape[0] != length:
-        raise ValueError(
-            f"{name} must be a 1-D integer tensor of length {length}, got {describe_value(value)}"
-        )
-    if value.device != device:
-        raise ValueError(f"{name} must be on {device} (the queries' device), got {value.device}")
-    return value
-
-
-def _check_pair(
-    q_name: str, q_value: object, b_name: str, b_value: object, queries: Tensor, n_rows: int
-) -> tuple[Tensor, Tensor] | None:
-    """Per-query and per-row integer vectors that must be given together (labels, cameras)."""
-    if (q_value is None) != (b_value is None):
-        raise ValueError(f"{q_name} and {b_name} must be given together (got only one of them)")
-    if q_value is None:
-        return None
-    q_vec = _check_index_vector(q_name, q_value, queries.shape[0], queries.device)
-    b_vec = _check_index_vector(b_name, b_value, n_rows, queries.device)
-    return q_vec.to(torch.int64), b_vec.to(torch.int64)
-
-
-def _check_self_index(self_index: object, queries: Tensor, n_rows: int) -> Tensor | None:
-    if self_index is None:
-        return None
-    vec = _check_index_vector("self_index", self_index, queries.shape[0], queries.device).to(torch.int64)
-    if vec.numel() > 0 and (int(vec.min()) < -1 or int(vec.max()) >= n_rows):
-        raise ValueError(
-            f"self_index values must be in [-1, N) = [-1, {n_rows}), got range "
-            f"[{int(vec.min())}, {int(vec.max())}]"
-        )
-    return vec
-
-
-def _check_penalty(cam_penalty: object, cams: tuple[Tensor, Tensor] | None) -> float:
-    if isinstance(cam_penalty, bool) or not isinstance(cam_penalty, int | float):
-        raise ValueError(f"cam_penalty must be a finite float, got {cam_penalty!r}")
-    if not math.isfinite(cam_penalty):
-        raise ValueError(f"cam_penalty must be a finite float, got {cam_penalty!r}")
-    if cam_penalty != 0.0 and cams is None:
-        raise ValueError("cam_penalty != 0 needs query_cams and bank_cams")
-    return float(cam_penalty)

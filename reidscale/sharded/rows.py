@@ -17,7 +17,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import Tensor
 
-from reidscale.kernels.reference_topk import sort_by_score_then_index
+from reidscale.kernels.chunked_topk import sort_by_score_then_index
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,9 @@ import torch
 
 from reidscale.kernels import cuda as cuda_ops
 from reidscale.kernels import reference_topk as ref
+from reidscale.kernels.checks import Exclusions
 from reidscale.kernels.cuda import cuda_available, cuda_bank_topk
+from reidscale.kernels.support import BANK_TOPK_MAX_K
 
 SCHEMA = (
     "reidscale::bank_topk(Tensor queries, Tensor bank, int k, Tensor? query_labels=None, "
@@ -48,7 +50,8 @@ def _compare(
     queries: torch.Tensor, bank: torch.Tensor, k: int, *, splits: int | None = None, **kw: object
 ) -> None:
     """Assert the CUDA result equals the reference exactly (integer-valued data: no rounding differences)."""
-    got_s, got_i = cuda_bank_topk(queries, bank, k, splits=splits, **kw)
+    exclusions = Exclusions.check(queries, bank.shape[0], **kw)
+    got_s, got_i = cuda_bank_topk(queries, bank, k, exclusions, splits=splits)
     want_s, want_i = ref.bank_topk(queries.cpu(), bank.cpu(), k, **{n: _cpu(v) for n, v in kw.items()})
     assert got_s.shape == (queries.shape[0], k) and got_s.dtype == torch.float32
     assert got_i.shape == (queries.shape[0], k) and got_i.dtype == torch.int64
@@ -125,9 +128,10 @@ def case_padding(device: torch.device) -> None:
     q, m = _ints((3, 5), -2, 3, gen), _ints((11, 5), -2, 3, gen)
     d = device
     _compare(q.to(d), m.to(d), 20)  # k > N
-    _compare(q.to(d), m.to(d), ref.MAX_K, splits=4)  # the largest k, nearly all padding
+    _compare(q.to(d), m.to(d), BANK_TOPK_MAX_K, splits=4)  # the largest k, nearly all padding
     labels = torch.tensor([7, 1, 7]), torch.tensor([7] * 11)  # queries 0 and 2: every row is a positive
-    s, i = cuda_bank_topk(q.to(d), m.to(d), 4, query_labels=labels[0].to(d), bank_labels=labels[1].to(d))
+    exclusions = Exclusions.check(q.to(d), 11, query_labels=labels[0].to(d), bank_labels=labels[1].to(d))
+    s, i = cuda_bank_topk(q.to(d), m.to(d), 4, exclusions)
     assert bool((i[[0, 2]] == -1).all()) and bool(torch.isneginf(s[[0, 2]]).all())
     _compare(q.to(d), m.to(d), 4, query_labels=labels[0].to(d), bank_labels=labels[1].to(d))
     _compare(q.to(d), m[:0].to(d), 3)  # an empty bank: all padding
@@ -205,7 +209,8 @@ def case_non_finite(device: torch.device) -> None:
     with pytest.raises(
         ValueError, match="non-finite"
     ):  # in an excluded row: still reported, as the reference
-        cuda_bank_topk(q.to(device), m.to(device), 3, self_index=torch.tensor([130, 130], device=device))
+        selves = Exclusions.check(q.to(device), 200, self_index=torch.tensor([130, 130], device=device))
+        cuda_bank_topk(q.to(device), m.to(device), 3, selves)
     big = torch.full((2, 3), 3e38)
     with pytest.raises(ValueError, match="non-finite"):  # finite inputs whose products overflow fp32
         cuda_bank_topk(big.to(device), big.to(device), 1)
@@ -325,11 +330,19 @@ def test_jit_sources_are_the_csrc_files() -> None:
         ((torch.ones(2, 3), [(torch.ones(5, 3), 1.0)], 2), {}, "single"),
         ((torch.ones(2, 3), torch.ones(5, 4), 2), {}, "queries must have D = 4"),
         ((torch.ones(2, 3), torch.ones(5, 3), 0), {}, "k must be"),
-        ((torch.ones(2, 3), torch.ones(5, 3), ref.MAX_K + 1), {}, "k must be"),
+        ((torch.ones(2, 3), torch.ones(5, 3), BANK_TOPK_MAX_K + 1), {}, "k must be"),
         ((torch.ones(2, 3).long(), torch.ones(5, 3), 2), {}, "queries must be a 2-D"),
-        ((torch.ones(2, 3), torch.ones(5, 3), 2), {"query_labels": torch.zeros(2).long()}, "together"),
-        ((torch.ones(2, 3), torch.ones(5, 3), 2), {"self_index": torch.tensor([0, 5])}, "self_index"),
-        ((torch.ones(2, 3), torch.ones(5, 3), 2), {"cam_penalty": 0.5}, "needs query_cams"),
+        ((torch.ones(2, 3), torch.ones(5, 3), 2, "labels"), {}, "exclusions must be an Exclusions"),
+        (
+            (
+                torch.ones(2, 3),
+                torch.ones(5, 3),
+                2,
+                Exclusions.check(torch.ones(3, 3), 5, self_index=-torch.ones(3).long()),
+            ),
+            {},
+            r"exclusions.self_index must be .* length 2",
+        ),
         ((torch.ones(2, 3), torch.ones(5, 3), 2), {"splits": 0}, "splits must be"),
         ((torch.ones(2, 3), torch.ones(5, 3), 2), {}, "CUDA device"),
     ],

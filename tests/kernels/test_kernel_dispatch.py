@@ -1,5 +1,6 @@
-"""The kernel dispatch point: backend choice, REIDSCALE_KERNELS, warn-once fallbacks, multi-bank fusion,
-positive scores of the fused backends, and the public ops on the torch backend against the reference.
+"""The kernel dispatch point: backend choice (from the declared support tables), REIDSCALE_KERNELS,
+warn-once fallbacks, multi-bank fusion, positive scores of the fused backends, and the public ops on the
+torch backend against the reference.
 
 The public ops on the Triton backend run end to end under the Triton interpreter in one subprocess (the
 interpreter must be switched on before triton kernels are defined, so it cannot be toggled in-process).
@@ -7,6 +8,7 @@ interpreter must be switched on before triton kernels are defined, so it cannot 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -16,9 +18,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reidscale.kernels import dispatch
+from reidscale.kernels import dispatch, support
 from reidscale.kernels import reference_loss as ref_loss
 from reidscale.kernels import reference_topk as ref_topk
+from reidscale.kernels.checks import Exclusions
 from tests.support.processes import run_command
 
 
@@ -50,7 +53,7 @@ def test_requested_backend_rejects_unknown(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only behaviour")
-@pytest.mark.parametrize("op", sorted(dispatch.OP_BACKENDS))
+@pytest.mark.parametrize("op", sorted(support.OP_BACKENDS))
 def test_cpu_tensors_go_to_torch_silently(op: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -87,12 +90,70 @@ def test_interpreter_serves_cpu_tensors_only_when_asked(monkeypatch: pytest.Monk
         assert dispatch.choose_backend("bank_topk", CPU, unsupported) == "torch"
 
 
-def test_dispatch_limits_are_the_kernels_limits() -> None:
+def test_op_backends_are_the_backends_whose_table_lists_the_op() -> None:
+    assert support.KERNEL_BACKENDS == ("cuda", "triton", "torch")
+    assert support.OP_BACKENDS == {
+        "bank_topk": ("cuda", "triton", "torch"),
+        "bank_contrastive_loss": ("triton", "torch"),
+        "bank_update": ("triton", "torch"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("op", "call", "reason"),
+    [
+        ("bank_topk", {"k": 129}, "k = 129 > 128"),
+        ("bank_topk", {"rows": 2**32 - 1}, f"N = {2**32 - 1} > {2**32 - 2}"),
+        ("bank_update", {"dim": 8193}, "D = 8193 > 8192"),
+        ("bank_update", {"dtypes": (torch.float32, torch.float64)}, "float64 inputs"),
+        ("bank_contrastive_loss", {"dtypes": (torch.float64,)}, "float64 inputs"),
+    ],
+)
+def test_declared_limits_send_a_call_to_torch(
+    monkeypatch: pytest.MonkeyPatch, op: str, call: dict, reason: str
+) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv(dispatch.BACKEND_ENV, "triton")
+    limits = {"k": 128, "dim": 8192, "rows": 2**32 - 2}
+    assert (
+        dispatch.choose_backend(op, CPU, **{name: limits[name] for name in call if name in limits})
+        == "triton"
+    )
+    with pytest.warns(dispatch.KernelFallbackWarning, match=rf"\({reason}.*\); using torch"):
+        assert dispatch.choose_backend(op, CPU, **call) == "torch"
+
+
+def test_choose_backend_reads_the_support_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv(dispatch.BACKEND_ENV, "triton")
+    assert dispatch.choose_backend("bank_topk", CPU, k=100) == "triton"
+    triton = support.BACKEND_SUPPORT["triton"]
+    narrower = dict(triton.ops, bank_topk=support.OpLimits(support.FUSED_DTYPES, max_k=64))
+    monkeypatch.setitem(support.BACKEND_SUPPORT, "triton", dataclasses.replace(triton, ops=narrower))
+    with pytest.warns(dispatch.KernelFallbackWarning, match=r"k = 100 > 64"):
+        assert dispatch.choose_backend("bank_topk", CPU, k=100) == "torch"
+    no_interpreter = dataclasses.replace(triton, interpreted_devices=())
+    monkeypatch.setitem(support.BACKEND_SUPPORT, "triton", no_interpreter)
+    with pytest.warns(dispatch.KernelFallbackWarning, match="the triton backend runs on CUDA tensors"):
+        assert dispatch.choose_backend("bank_update", CPU) == "torch"
+
+
+def test_a_call_no_backend_serves_is_an_error() -> None:
+    with pytest.raises(
+        ValueError, match=r"no kernel backend serves this bank_topk call: .*torch: k = 5000 > 4096"
+    ):
+        dispatch.choose_backend("bank_topk", CPU, k=5000)
+
+
+def test_kernels_read_their_limits_from_the_support_table() -> None:
     pytest.importorskip("triton")
     from reidscale.kernels.triton import bank_topk, bank_update
 
-    assert dispatch.TRITON_TOPK_MAX_K == bank_topk.TRITON_MAX_K
-    assert dispatch.TRITON_UPDATE_MAX_D == bank_update.TRITON_MAX_UPDATE_D
+    assert bank_topk.TRITON_TOPK_MAX_K is support.TRITON_TOPK_MAX_K
+    assert bank_update.TRITON_UPDATE_MAX_D is support.TRITON_UPDATE_MAX_D
+    assert support.BACKEND_SUPPORT["triton"].ops["bank_topk"].max_k == support.TRITON_TOPK_MAX_K
+    assert support.BACKEND_SUPPORT["triton"].ops["bank_update"].max_dim == support.TRITON_UPDATE_MAX_D
+    assert not hasattr(bank_topk, "TRITON_MAX_K") and not hasattr(bank_update, "TRITON_MAX_UPDATE_D")
 
 
 def test_dispatch_report_lists_every_op() -> None:
@@ -100,7 +161,7 @@ def test_dispatch_report_lists_every_op() -> None:
     assert report["requested"] == "auto"
     assert set(report["backends"]) == {"cuda", "triton", "torch"}
     assert report["backends"]["torch"]["usable"] is True
-    for op, order in dispatch.OP_BACKENDS.items():
+    for op, order in support.OP_BACKENDS.items():
         assert report["ops"][op]["order"] == list(order)
         assert report["ops"][op]["cpu_tensors"] == "torch"
 
@@ -173,17 +234,14 @@ def test_positive_scores_equal_the_reference(with_cams: bool) -> None:
         "cam_penalty": 1.5 if with_cams else 0.0,
     }
     options["bank_labels"][[3, 10]] = torch.tensor([0, 2])  # selves that are label-positives too
-    got = dispatch._positive_scores(queries, bank, options)
+    got = dispatch._positive_scores(queries, bank, Exclusions.check(queries, 60, **options))
     want = ref_topk.bank_topk(queries, bank, 4, return_positive_scores=True, **options)[2:]
     assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
 
 
 def test_positive_scores_need_labels() -> None:
     with pytest.raises(ValueError, match="needs query_labels and bank_labels"):
-        dispatch._positive_scores(torch.ones(2, 3), torch.ones(4, 3), dict.fromkeys(_OPTION_NAMES))
-
-
-_OPTION_NAMES = ("query_labels", "bank_labels", "self_index", "query_cams", "bank_cams", "cam_penalty")
+        dispatch.bank_topk(torch.ones(2, 3), torch.ones(4, 3), 2, return_positive_scores=True)
 
 
 # ------------------------------------------------------------------------------ public ops, torch backend

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from reidscale.kernels import dispatch
 from reidscale.kernels import reference_topk as ref_topk
+from reidscale.kernels.checks import Exclusions
 
 pytestmark = [
     pytest.mark.gpu,
@@ -74,7 +75,7 @@ def test_topk_exact_on_integer_features(backend: str, k: int, dtype: torch.dtype
         "bank_cams": torch.randint(0, 6, (n_rows,), generator=gen).cuda(),
         "cam_penalty": 0.5,
     }
-    got = _topk_runner(backend)(queries, bank, k, **options)
+    got = _topk_runner(backend)(queries, bank, k, Exclusions.check(queries, n_rows, **options))
     want = ref_topk.bank_topk(queries, bank, k, **options)
     assert torch.equal(got[1], want[1])
     assert torch.equal(got[0], want[0])
@@ -105,7 +106,8 @@ def test_topk_all_positive_rows_and_k_beyond_n(backend: str) -> None:
     labels = torch.zeros(70, dtype=torch.int64).cuda(), torch.zeros(90, dtype=torch.int64).cuda()
     labels[0][::2] = 1  # even queries: no negative exists at all
     k = 128
-    got = _topk_runner(backend)(queries, bank, k, query_labels=labels[0], bank_labels=labels[1])
+    exclusions = Exclusions.check(queries, 90, query_labels=labels[0], bank_labels=labels[1])
+    got = _topk_runner(backend)(queries, bank, k, exclusions)
     want = ref_topk.bank_topk(queries, bank, k, query_labels=labels[0], bank_labels=labels[1])
     assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
     assert bool((got[1][1::2] == -1).all())

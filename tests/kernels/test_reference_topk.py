@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from reidscale.kernels.reference_topk import MAX_K, bank_topk, sort_by_score_then_index
+from reidscale.kernels.reference_topk import bank_topk
+from reidscale.kernels.support import BANK_TOPK_MAX_K
 
 LOW = (torch.float16, torch.bfloat16)
 ALL_DTYPES = (torch.float32, *LOW)
@@ -126,7 +127,7 @@ def test_exact_with_ties_labels_self_cams(dtype, chunk):
     assert (got[1] >= 0).all()  # enough candidates: no padding here
 
 
-@pytest.mark.parametrize("k", [1, 2, 36, 37, 50, MAX_K])
+@pytest.mark.parametrize("k", [1, 2, 36, 37, 50, BANK_TOPK_MAX_K])
 def test_k_range_and_padding(k):
     c = make_case(seed=2, batch=4, rows=37, dim=3)
     got, want = run_both(c, k=k, chunk=8)
@@ -402,11 +403,3 @@ def test_bad_arguments_raise(change, match):
     args = {**_base(), **change}
     with pytest.raises(ValueError, match=match):
         bank_topk(args.pop("queries"), args.pop("bank"), args.pop("k"), **args)
-
-
-def test_sort_by_score_then_index_is_lexicographic():
-    scores = torch.tensor([[1.0, 2.0, 1.0, 5.0, 2.0, 0.0]])
-    indices = torch.tensor([[7, 4, 3, -1, 2, 9]])
-    s, i = sort_by_score_then_index(scores, indices)
-    assert i.tolist() == [[2, 4, 3, 7, 9, -1]]
-    assert s.tolist() == [[2.0, 2.0, 1.0, 1.0, 0.0, -math.inf]]

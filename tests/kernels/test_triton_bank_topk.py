@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from reidscale.kernels import reference_topk as ref
-from reidscale.kernels.triton import TRITON_MAX_K, triton_available, triton_bank_topk
+from reidscale.kernels.checks import Exclusions
+from reidscale.kernels.support import TRITON_TOPK_MAX_K
+from reidscale.kernels.triton import triton_available, triton_bank_topk
 from tests.support.kernel_cases import case_tests, collect_cases, print_case_results
 
 # ------------------------------------------------------------------------------------------ cases
@@ -25,7 +27,7 @@ def _ints(shape: tuple[int, ...], low: int, high: int, gen: torch.Generator) -> 
 
 def _compare(queries: torch.Tensor, bank: torch.Tensor, k: int, *, exact: bool = True, **kw: object) -> None:
     """Assert the Triton result equals the reference (indices equal; scores equal or within fp32 tol)."""
-    got_s, got_i = triton_bank_topk(queries, bank, k, **kw)
+    got_s, got_i = triton_bank_topk(queries, bank, k, Exclusions.check(queries, bank.shape[0], **kw))
     want_s, want_i = ref.bank_topk(queries.cpu(), bank.cpu(), k, **{n: _cpu(v) for n, v in kw.items()})
     assert got_s.shape == (queries.shape[0], k) and got_s.dtype == torch.float32
     assert got_i.shape == (queries.shape[0], k) and got_i.dtype == torch.int64
@@ -81,9 +83,10 @@ def case_padding(device: torch.device) -> None:
     q, m = _ints((3, 5), -2, 3, gen), _ints((11, 5), -2, 3, gen)
     _compare(q.to(device), m.to(device), 20)  # k > N
     labels = torch.tensor([7, 1, 7]), torch.tensor([7] * 11)  # queries 0 and 2: every row is a positive
-    s, i = triton_bank_topk(
-        q.to(device), m.to(device), 4, query_labels=labels[0].to(device), bank_labels=labels[1].to(device)
+    exclusions = Exclusions.check(
+        q.to(device), 11, query_labels=labels[0].to(device), bank_labels=labels[1].to(device)
     )
+    s, i = triton_bank_topk(q.to(device), m.to(device), 4, exclusions)
     assert bool((i[[0, 2]] == -1).all()) and bool(torch.isneginf(s[[0, 2]]).all())
     _compare(
         q.to(device), m.to(device), 4, query_labels=labels[0].to(device), bank_labels=labels[1].to(device)
@@ -124,7 +127,7 @@ def case_large_k(device: torch.device) -> None:
     gen = torch.Generator().manual_seed(9)
     q, m = _ints((2, 5), -1, 2, gen), _ints((100, 5), -1, 2, gen)
     _compare(q.to(device), m.to(device), 17)  # 32-row tiles: four of them, many ties across tiles
-    _compare(q.to(device), m[:40].to(device), TRITON_MAX_K)  # the largest on-chip k (> N: padded)
+    _compare(q.to(device), m[:40].to(device), TRITON_TOPK_MAX_K)  # the largest on-chip k (> N: padded)
 
 
 def case_non_finite(device: torch.device) -> None:
@@ -138,6 +141,10 @@ def case_non_finite(device: torch.device) -> None:
 
 
 CASES = collect_cases(globals())
+#: exclusions checked for a bank of 4 rows, not this call's 5
+_FOREIGN = Exclusions.check(
+    torch.ones(2, 3), 4, query_labels=torch.zeros(2).long(), bank_labels=torch.zeros(4).long()
+)
 
 
 # ------------------------------------------------------------------------------------------ tests
@@ -164,20 +171,19 @@ def test_refuses_to_run_without_driver(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "kwargs", "match"),
+    ("args", "match"),
     [
-        ((torch.ones(2, 3), [(torch.ones(5, 3), 1.0)], 2), {}, "single"),
-        ((torch.ones(2, 3), torch.ones(5, 4), 2), {}, "queries must have D = 4"),
-        ((torch.ones(2, 3), torch.ones(5, 3), 0), {}, "k must be"),
-        ((torch.ones(2, 3).long(), torch.ones(5, 3), 2), {}, "queries must be a 2-D"),
-        ((torch.ones(2, 3), torch.ones(5, 3), 2), {"query_labels": torch.zeros(2).long()}, "together"),
-        ((torch.ones(2, 3), torch.ones(5, 3), 2), {"self_index": torch.tensor([0, 5])}, "self_index"),
-        ((torch.ones(2, 3), torch.ones(5, 3), 2), {"cam_penalty": 0.5}, "needs query_cams"),
+        ((torch.ones(2, 3), [(torch.ones(5, 3), 1.0)], 2), "single"),
+        ((torch.ones(2, 3), torch.ones(5, 4), 2), "queries must have D = 4"),
+        ((torch.ones(2, 3), torch.ones(5, 3), 0), "k must be"),
+        ((torch.ones(2, 3).long(), torch.ones(5, 3), 2), "queries must be a 2-D"),
+        ((torch.ones(2, 3), torch.ones(5, 3), 2, {"self_index": None}), "exclusions must be an Exclusions"),
+        ((torch.ones(2, 3), torch.ones(5, 3), 2, _FOREIGN), r"exclusions.bank_labels must be .* length 5"),
     ],
 )
-def test_bad_arguments_raise_value_error(args: tuple, kwargs: dict, match: str) -> None:
+def test_bad_arguments_raise_value_error(args: tuple, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        triton_bank_topk(*args, **kwargs)
+        triton_bank_topk(*args)
 
 
 def test_large_k_uses_reference() -> None:
@@ -185,8 +191,8 @@ def test_large_k_uses_reference() -> None:
     q, m = torch.randn(3, 6, generator=gen), torch.randn(400, 6, generator=gen)
     labels = torch.tensor([0, 1, 2]), torch.randint(0, 3, (400,), generator=gen)
     kw = {"query_labels": labels[0], "bank_labels": labels[1], "self_index": torch.tensor([5, -1, 9])}
-    got = triton_bank_topk(q, m, TRITON_MAX_K + 72, **kw)
-    want = ref.bank_topk(q, m, TRITON_MAX_K + 72, **kw)
+    got = triton_bank_topk(q, m, TRITON_TOPK_MAX_K + 72, Exclusions.check(q, 400, **kw))
+    want = ref.bank_topk(q, m, TRITON_TOPK_MAX_K + 72, **kw)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 

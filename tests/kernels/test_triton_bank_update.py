@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from reidscale.kernels import reference_loss as ref
-from reidscale.kernels.triton.bank_update import TRITON_MAX_UPDATE_D, triton_bank_update
+from reidscale.kernels.support import TRITON_UPDATE_MAX_D
+from reidscale.kernels.triton.bank_update import triton_bank_update
 from tests.support.kernel_cases import case_tests, collect_cases, print_case_results
 
 
@@ -120,7 +121,7 @@ def case_non_contiguous(device: torch.device) -> None:
 
 
 def case_too_wide(device: torch.device) -> None:
-    bank = torch.zeros(2, TRITON_MAX_UPDATE_D + 1, device=device)
+    bank = torch.zeros(2, TRITON_UPDATE_MAX_D + 1, device=device)
     with pytest.raises(ValueError, match="bank must have D <="):
         triton_bank_update(bank, torch.tensor([0], device=device), bank[:1].clone(), 0.5, True)
 

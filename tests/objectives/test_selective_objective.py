@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reidscale.kernels.reference_topk import MAX_K
+from reidscale.kernels.support import BANK_TOPK_MAX_K as MAX_K
 from reidscale.models.registry import Backbone, create_backbone
 from reidscale.objectives.selective import (
     SelectiveConfig,

@@ -29,7 +29,7 @@ its index row in tiles of ``BLOCK_C``, loads the indexed bank rows directly (no 
 torch), forms the logits as fp32 row dot products, keeps an online softmax over the valid slots, and
 accumulates ``Σ exp(s − max) m`` and ``Σ w m`` in program-owned fp32 [D] rows of global memory.
 
-Inputs are checked by the caller (the dispatcher runs the reference's validation); here only that Triton
+Inputs are checked by the caller (the dispatcher runs ``reidscale.kernels.checks``); here only that Triton
 can run. Accumulation is fp32 throughout; the probability-weighted row sums use an fp32 ``ieee`` dot (no
 TF32), so the result has fp32 accuracy for every input dtype.
 """
@@ -39,14 +39,13 @@ TF32), so the result has fp32 accuracy for every input dtype.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from reidscale.kernels.triton.bank_topk import triton_available
+from reidscale.kernels.checks import check_optional_positive_int
+from reidscale.kernels.triton.runtime import native_dot, require_runnable
 from reidscale.kernels.triton.tiles import tile_dot
 
 __all__ = ["triton_loss_candidate_terms", "triton_loss_full_terms"]
@@ -221,39 +220,15 @@ def _gathered_kernel(
 
 
 # ------------------------------------------------------------------------------------------ python side
-def _check_runnable(name: str, queries: Tensor) -> None:
-    ok, reason = triton_available()
-    if not ok:
-        raise RuntimeError(f"{name} cannot run: {reason}")
-    if queries.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
-        raise RuntimeError(f"{name} needs CUDA tensors (or TRITON_INTERPRET=1), got {queries.device}")
-
-
 def _empty_terms(queries: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
     """The ``B = 0`` result: (per_query [0], grad [0, D] or None), float32."""
     grad = torch.zeros(queries.shape, dtype=torch.float32, device=queries.device) if need_grad else None
     return torch.zeros(0, dtype=torch.float32, device=queries.device), grad
 
 
-def _native_dot(queries: Tensor, bank: Tensor) -> bool:
-    """Feed fp16/bf16 operands to ``tl.dot`` as they are (exact products, fp32 accumulation).
-
-    The interpreter computes a bf16 ``tl.dot`` on the raw bits (numpy has no bfloat16), so there bf16
-    goes through the fp32 path, which gives the same exact products.
-    """
-    native = (
-        (torch.float16,)
-        if os.environ.get("TRITON_INTERPRET", "0") == "1"
-        else (torch.float16, torch.bfloat16)
-    )
-    return queries.dtype == bank.dtype and queries.dtype in native
-
-
 def _split_count(query_blocks: int, bank_tiles: int, device: torch.device, splits: int | None) -> int:
     """Bank slices per query block: enough programs for about two per multiprocessor (1 off the GPU)."""
-    if splits is not None:
-        if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
-            raise ValueError(f"splits must be a positive int or None, got {splits!r}")
+    if check_optional_positive_int("splits", splits) is not None:
         return min(splits, bank_tiles)
     if device.type != "cuda":
         return 1
@@ -276,7 +251,7 @@ def _full_softmax(
     _full_bank_kernel[(query_blocks, n_splits)](
         queries, bank, run_max, run_sum, acc, batch, n_rows, dim, tiles_per_split * BLOCK_N,
         *queries.stride(), *bank.stride(), temperature,
-        NEED_GRAD=need_grad, NATIVE=_native_dot(queries, bank),
+        NEED_GRAD=need_grad, NATIVE=native_dot(queries, bank),
         BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D,
     )  # fmt: skip
     top = run_max.amax(dim=0)  # [B]: merge the slices' partial softmax statistics
@@ -339,9 +314,10 @@ def triton_loss_full_terms(
 
     Raises:
         RuntimeError: Triton cannot run here (no GPU and no TRITON_INTERPRET=1).
-        ValueError: ``splits`` is not a positive int or None.
+        ValueError: ``splits`` is not None or an int >= 1; the tensors are not on a CUDA device (without
+            the interpreter).
     """
-    _check_runnable("triton_loss_full_terms", queries)
+    require_runnable("triton_loss_full_terms", "queries", queries)
     if queries.shape[0] == 0:
         return _empty_terms(queries, need_grad)
     lse, expected = _full_softmax(queries, bank, temperature, need_grad, splits)
@@ -376,8 +352,9 @@ def triton_loss_candidate_terms(
 
     Raises:
         RuntimeError: Triton cannot run here (no GPU and no TRITON_INTERPRET=1).
+        ValueError: the tensors are not on a CUDA device (without the interpreter).
     """
-    _check_runnable("triton_loss_candidate_terms", queries)
+    require_runnable("triton_loss_candidate_terms", "queries", queries)
     if queries.shape[0] == 0:
         return _empty_terms(queries, need_grad)
     terms = _gathered_terms(queries, bank, candidates, weights, temperature, True, need_grad)

@@ -1,8 +1,10 @@
 """Triton ``bank_topk``: fused bank similarity + running top-k; the B×N score matrix is never written.
 
 Semantics are those of :func:`reidscale.kernels.reference_topk.bank_topk` for a single bank (the
-definition): score = q·m (fp32) − ``cam_penalty`` where the cameras are equal, rows with the query's label
-or index ``self_index[b]`` excluded, sorted by score descending then index ascending, padded (−inf, −1).
+definition): score = q·m (fp32) − the camera penalty where the cameras are equal, rows with the query's
+label or index ``self_index[b]`` excluded (all carried by a checked
+:class:`~reidscale.kernels.checks.Exclusions`), sorted by score descending then index ascending, padded
+(−inf, −1).
 
 Design. One program owns ``BLOCK_B`` queries and walks the bank in tiles of ``K_PAD`` rows
 (``K_PAD`` = the next power of two ≥ k, at least 16). Per tile it computes the [BLOCK_B, K_PAD] scores
@@ -17,9 +19,10 @@ The running top-k ([BLOCK_B, K_PAD] keys, in registers) is merged with the tile 
 their concatenation, so ties across tiles are resolved exactly as in the reference. The result keys are
 decoded in the kernel into (score, index) and written; −2**63 decodes to (−inf, −1).
 
-Supported: one bank tensor [N, D] (no weighted multi-bank list), no ``return_positive_scores``,
-``k ≤ TRITON_MAX_K`` (128; larger k is delegated to the torch reference, see
-:func:`triton_bank_topk`), N < 2**32 − 1. Non-finite scores raise ``ValueError`` like the reference.
+Supported (``reidscale.kernels.support``): one bank tensor [N, D] (no weighted multi-bank list), no
+``return_positive_scores``, ``k ≤ TRITON_TOPK_MAX_K`` (128; larger k is delegated to the torch reference,
+see :func:`triton_bank_topk`), N ≤ ``FUSED_TOPK_MAX_ROWS``. Non-finite scores raise ``ValueError`` like
+the reference.
 """
 
 # Triton kernels name their compile-time (tl.constexpr) parameters in capitals, by convention.
@@ -28,33 +31,22 @@ Supported: one bank tensor [N, D] (no weighted multi-bank list), no ``return_pos
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from reidscale.kernels import reference_topk as ref
+from reidscale.kernels.checks import Exclusions, check_exclusions, check_k, check_single_bank
+from reidscale.kernels.reference_topk import torch_bank_topk
+from reidscale.kernels.support import FUSED_TOPK_MAX_ROWS, TRITON_TOPK_MAX_K
+from reidscale.kernels.triton.runtime import native_dot, require_runnable
 from reidscale.kernels.triton.tiles import tile_dot
 
-#: largest k the fused kernel keeps on chip; larger k runs the torch reference
-TRITON_MAX_K = 128
 #: queries per program
 BLOCK_B = 16
 #: feature columns per tl.dot step
 BLOCK_D = 32
-_NO_KEY = -(2**63)
-_LOW_MASK = 2**32 - 1
-
-
-def triton_available() -> tuple[bool, str]:
-    """Whether Triton kernels can run here: ``(True, reason)`` with a CUDA GPU or ``TRITON_INTERPRET=1``."""
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        return True, "TRITON_INTERPRET=1: Triton interpreter on CPU tensors"
-    if torch.cuda.is_available():
-        return True, f"CUDA device {torch.cuda.get_device_name(0)}"
-    return False, "no CUDA GPU and TRITON_INTERPRET is not 1 (Triton has no active driver)"
 
 
 @triton.jit
@@ -145,90 +137,40 @@ def _bank_topk_kernel(
 
 
 def triton_bank_topk(
-    queries: Tensor,
-    bank: Tensor,
-    k: int,
-    *,
-    query_labels: Tensor | None = None,
-    bank_labels: Tensor | None = None,
-    self_index: Tensor | None = None,
-    query_cams: Tensor | None = None,
-    bank_cams: Tensor | None = None,
-    cam_penalty: float = 0.0,
+    queries: Tensor, bank: Tensor, k: int, exclusions: Exclusions | None = None
 ) -> tuple[Tensor, Tensor]:
     """Top-k bank rows per query with the fused Triton kernel (single bank; see the module docstring).
 
     Args:
         queries: [B, D] float32/float16/bfloat16, on a CUDA device (or on the CPU under TRITON_INTERPRET=1).
         bank: [N, D] float32/float16/bfloat16 on the same device (one tensor; no weighted bank list).
-        k: 1 ≤ k ≤ 4096; k ≤ TRITON_MAX_K runs the kernel, larger k the torch reference.
-        query_labels, bank_labels: [B] and [N] integer tensors, given together (equal label → excluded).
-        self_index: [B] integer tensor, each query's own bank row (excluded) or −1.
-        query_cams, bank_cams: [B] and [N] integer tensors, given together; ``cam_penalty`` is subtracted
-            where the cameras are equal.
-        cam_penalty: finite float; non-zero needs the cameras.
+        k: 1 ≤ k ≤ 4096; k ≤ TRITON_TOPK_MAX_K runs the kernel, larger k the torch reference.
+        exclusions: labels, self index and camera penalty, built by ``Exclusions.check`` for this call
+            (None: nothing excluded).
 
     Returns:
         (scores [B, k] float32, indices [B, k] int64): sorted by score descending then index ascending,
         padded with (−inf, −1); equal to the reference's result.
 
     Raises:
-        ValueError: malformed arguments (as the reference), a device Triton cannot run on, N ≥ 2**32 − 1,
-            or a non-finite score.
+        ValueError: malformed arguments (as the reference), exclusions built for another call, a device
+            Triton cannot run on, N > FUSED_TOPK_MAX_ROWS, or a non-finite score.
         RuntimeError: Triton cannot run here (no GPU and no TRITON_INTERPRET=1).
     """
-    checked = ref.check_single_bank(
-        "Triton", queries, bank, k, query_labels, bank_labels, self_index, query_cams, bank_cams, cam_penalty
-    )
-    if k > TRITON_MAX_K:
-        return ref.bank_topk(
-            queries,
-            bank,
-            k,
-            query_labels=query_labels,
-            bank_labels=bank_labels,
-            self_index=self_index,
-            query_cams=query_cams,
-            bank_cams=bank_cams,
-            cam_penalty=cam_penalty,
-        )
-    _check_runnable(queries, bank.shape[0])
-    return _launch(queries, bank, k, checked.labels, checked.self_index, checked.cams, checked.penalty)
-
-
-def _native_dot_dtypes() -> tuple[torch.dtype, ...]:
-    """Operand dtypes fed to ``tl.dot`` as they are (exact products, fp32 accumulation).
-
-    The interpreter computes a bf16 ``tl.dot`` on the raw bits (numpy has no bfloat16), so there bf16 goes
-    through the fp32 path, which gives the same exact products.
-    """
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        return (torch.float16,)
-    return (torch.float16, torch.bfloat16)
-
-
-def _check_runnable(queries: Tensor, n_rows: int) -> None:
-    ok, reason = triton_available()
-    if not ok:
-        raise RuntimeError(f"triton_bank_topk cannot run: {reason}")
-    interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1"
-    if queries.device.type != "cuda" and not interpreted:
+    bank = check_single_bank("Triton", queries, bank)
+    check_k(k)
+    exclusions = check_exclusions(exclusions, queries, bank.shape[0])
+    if k > TRITON_TOPK_MAX_K:
+        return torch_bank_topk(queries, [(bank, 1.0)], k, exclusions)
+    require_runnable("triton_bank_topk", "queries", queries)
+    if bank.shape[0] > FUSED_TOPK_MAX_ROWS:
         raise ValueError(
-            f"queries must be on a CUDA device (or set TRITON_INTERPRET=1), got {queries.device}"
+            f"bank must have at most {FUSED_TOPK_MAX_ROWS} rows for the Triton kernel, got {bank.shape[0]}"
         )
-    if n_rows >= _LOW_MASK:
-        raise ValueError(f"bank must have fewer than {_LOW_MASK} rows for the Triton kernel, got {n_rows}")
+    return _launch(queries, bank, k, exclusions)
 
 
-def _launch(
-    queries: Tensor,
-    bank: Tensor,
-    k: int,
-    labels: tuple[Tensor, Tensor] | None,
-    selves: Tensor | None,
-    cams: tuple[Tensor, Tensor] | None,
-    penalty: float,
-) -> tuple[Tensor, Tensor]:
+def _launch(queries: Tensor, bank: Tensor, k: int, exclusions: Exclusions) -> tuple[Tensor, Tensor]:
     """Run the kernel: [B, k] float32 scores and int64 indices (inputs already checked)."""
     batch, dim = queries.shape
     device = queries.device
@@ -239,7 +181,7 @@ def _launch(
     programs = triton.cdiv(batch, BLOCK_B)
     bad = torch.zeros(programs, dtype=torch.int32, device=device)
     dummy = torch.zeros(1, dtype=torch.int64, device=device)
-    native = queries.dtype == bank.dtype and queries.dtype in _native_dot_dtypes()
+    labels, selves, cams = exclusions.labels, exclusions.self_index, exclusions.cams
     k_pad = max(16, triton.next_power_of_2(k))
     _bank_topk_kernel[(programs,)](
         queries,
@@ -258,11 +200,11 @@ def _launch(
         k,
         *queries.stride(),
         *bank.stride(),
-        penalty,
+        exclusions.penalty,
         HAS_LABELS=labels is not None,
         HAS_SELF=selves is not None,
         HAS_CAMS=cams is not None,
-        NATIVE=native,
+        NATIVE=native_dot(queries, bank),
         BLOCK_B=BLOCK_B,
         BLOCK_D=BLOCK_D,
         K_PAD=k_pad,

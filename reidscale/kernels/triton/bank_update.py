@@ -7,11 +7,11 @@ once per row.
 
 Design. Torch groups the batch by row: a stable sort of ``indices`` gives, for every distinct row, its
 occurrences in batch order (``order``) and where they start (``starts``, ``counts``). One program per
-distinct row loads that row whole (``BLOCK_D`` = next power of two ≥ D, so D ≤ ``TRITON_MAX_UPDATE_D``)
-into fp32 registers, walks its occurrences in batch order, and stores the result once in the bank's
-dtype (under the interpreter a bf16 bank is the exception: its fp32 -> bf16 cast truncates, so there the
-fp32 rows come back and torch rounds and writes them). Distinct programs write distinct rows, so there are
-no races. The kernel is compiled without FMA
+distinct row loads that row whole (``BLOCK_D`` = next power of two ≥ D, so D ≤ ``TRITON_UPDATE_MAX_D``,
+declared in ``reidscale.kernels.support``) into fp32 registers, walks its occurrences in batch order, and
+stores the result once in the bank's dtype (under the interpreter a bf16 bank is the exception: its
+fp32 -> bf16 cast truncates, so there the fp32 rows come back and torch rounds and writes them). Distinct
+programs write distinct rows, so there are no races. The kernel is compiled without FMA
 contraction and uses round-to-nearest ``sqrt``/division, like the reference's separate torch ops; the
 norm's summation order still differs from torch's, so normalised rows agree to about one ulp, while
 ``normalize=False`` rows are bitwise equal.
@@ -22,19 +22,16 @@ norm's summation order still differs from torch's, so normalised rows agree to a
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from reidscale.kernels.triton.bank_topk import triton_available
+from reidscale.kernels.support import TRITON_UPDATE_MAX_D, triton_interpreting
+from reidscale.kernels.triton.runtime import require_runnable
 
-__all__ = ["TRITON_MAX_UPDATE_D", "triton_bank_update"]
+__all__ = ["triton_bank_update"]
 
-#: largest feature size whose rows the kernel holds whole in registers
-TRITON_MAX_UPDATE_D = 8192
 _NORMALIZE_EPS = 1e-12
 
 
@@ -96,18 +93,13 @@ def triton_bank_update(
 
     Raises:
         RuntimeError: Triton cannot run here (no GPU and no TRITON_INTERPRET=1).
-        ValueError: D > ``TRITON_MAX_UPDATE_D``.
+        ValueError: the bank is not on a CUDA device (without the interpreter), or D >
+            ``TRITON_UPDATE_MAX_D``.
     """
-    ok, reason = triton_available()
-    if not ok:
-        raise RuntimeError(f"triton_bank_update cannot run: {reason}")
-    if bank.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
-        raise RuntimeError(
-            f"triton_bank_update needs CUDA tensors (or TRITON_INTERPRET=1), got {bank.device}"
-        )
-    if bank.shape[1] > TRITON_MAX_UPDATE_D:
+    require_runnable("triton_bank_update", "bank", bank)
+    if bank.shape[1] > TRITON_UPDATE_MAX_D:
         raise ValueError(
-            f"bank must have D <= {TRITON_MAX_UPDATE_D} for the Triton kernel, got {bank.shape[1]}"
+            f"bank must have D <= {TRITON_UPDATE_MAX_D} for the Triton kernel, got {bank.shape[1]}"
         )
     if indices.numel() == 0:
         return
@@ -116,7 +108,7 @@ def triton_bank_update(
     starts = torch.cumsum(counts, dim=0) - counts
     momentum = float(momentum)
     # The interpreter rounds fp32 -> bf16 by truncation; there the fp32 rows come back and torch rounds them.
-    staged = bank.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET", "0") == "1"
+    staged = bank.dtype == torch.bfloat16 and triton_interpreting()
     out = torch.empty(
         (rows.numel(), bank.shape[1]) if staged else (1,), dtype=torch.float32, device=bank.device
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from reidscale.kernels.reference_topk import MAX_K
+from reidscale.kernels.support import BANK_TOPK_MAX_K as MAX_K
 from reidscale.utils.options import option
 
 BANK_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")

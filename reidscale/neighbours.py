@@ -1,16 +1,30 @@
-"""Exact k-nearest-neighbour search behind one function, with faiss or plain torch.
+"""Exact k-nearest-neighbour search behind one function, with faiss, the fused bank kernel, or plain torch.
+
+The one neighbours API of the project: evaluation ranks with it (k-reciprocal re-ranking) and so can any
+other part that needs exact feature neighbours (e.g. clustering tracklets by kNN). It lives at the package
+top so those callers share it without importing each other: it depends only on ``reidscale.kernels``
+(the exact chunked top-k, and the fused ``bank_topk`` through its dispatch) and on the distance
+definitions of ``reidscale.evaluation.distance`` (plain torch), never on jobs, objectives or the
+evaluation pipeline. The kernels never import it.
 
 Distances follow ``distance.pairwise_distance``: ``cosine`` = 1 − cos, ``euclidean`` = squared L2.
-Results are sorted ascending. Backends:
+Results are sorted ascending, ties broken by the lower database index. Backends
+(:data:`NEIGHBOUR_SEARCH_BACKENDS`):
 
 * ``torch``: chunked over queries and over the database, so memory is bounded by
-  ``query_chunk x database_chunk``; the k smallest of each block are merged into a running top-k. Ties are
-  broken by the lower database index, exactly (the same order as a stable argsort of the full row).
+  ``query_chunk x database_chunk``; each block of distances is ranked with the exact chunked top-k of
+  ``reidscale.kernels.chunked_topk`` (the same code as the torch reference of ``bank_topk``). Ties are
+  broken by the lower database index, exactly (the order of a stable argsort of the full row).
 * ``faiss``: an exact flat index (``IndexFlatIP`` on L2-normalised float32 vectors for cosine,
   ``IndexFlatL2`` for euclidean), on the GPU (``GpuIndexFlat*``) when faiss sees one, else on the CPU.
   faiss promises no order among tied distances, so it is asked for ``FAISS_TIE_MARGIN`` extra neighbours,
   the candidates are re-sorted by (distance, index), and the rare rows whose tie at the k-th distance
   reaches past the extra neighbours are searched again with the torch backend: the same tie rule holds.
+* ``fused``: ``reidscale.kernels.bank_topk`` (CUDA kernel → Triton → torch reference, as its dispatch
+  chooses) over the L2-normalised float32 features, ranking by the inner product, which is the cosine
+  similarity; the distance returned is 1 − that score. It therefore serves ``metric="cosine"`` only, and
+  k ≤ ``BANK_TOPK_MAX_K``. Ties of the score are broken by the lower index; distances that tie only after
+  the rounding of 1 − score keep the score order.
 * ``auto``: faiss when it can be imported, else torch.
 """
 
@@ -20,8 +34,13 @@ import numpy as np
 import torch
 
 from reidscale.evaluation.distance import check_metric, l2_normalize, pairwise_distance
+from reidscale.kernels import bank_topk
+from reidscale.kernels.checks import check_optional_positive_int
+from reidscale.kernels.chunked_topk import RunningTopK
+from reidscale.kernels.support import BANK_TOPK_MAX_K
 
-KNN_BACKENDS: tuple[str, ...] = ("auto", "faiss", "torch")
+#: what ``knn_search``'s ``backend`` takes
+NEIGHBOUR_SEARCH_BACKENDS: tuple[str, ...] = ("auto", "faiss", "fused", "torch")
 #: database rows per block of the torch backend (when not given)
 DEFAULT_DATABASE_CHUNK = 65536
 #: working memory the torch backend aims for when query_chunk is not given
@@ -51,8 +70,8 @@ def _faiss_gpu_count(faiss_module) -> int:
 
 def _check_inputs(queries: torch.Tensor, database: torch.Tensor, k: int, metric: str, backend: str) -> None:
     check_metric(metric)
-    if backend not in KNN_BACKENDS:
-        raise ValueError(f"backend must be one of {KNN_BACKENDS}, got {backend!r}")
+    if backend not in NEIGHBOUR_SEARCH_BACKENDS:
+        raise ValueError(f"backend must be one of {NEIGHBOUR_SEARCH_BACKENDS}, got {backend!r}")
     for name, feats in (("queries", queries), ("database", database)):
         if not isinstance(feats, torch.Tensor) or feats.dim() != 2 or not feats.is_floating_point():
             got = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
@@ -70,11 +89,6 @@ def _check_inputs(queries: torch.Tensor, database: torch.Tensor, k: int, metric:
         raise ValueError(f"k={k} exceeds the number of database rows ({database.shape[0]})")
 
 
-def _check_chunk(value: int | None, name: str) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
-
-
 def knn_search(
     queries: torch.Tensor,
     database: torch.Tensor,
@@ -84,15 +98,28 @@ def knn_search(
     query_chunk: int | None = None,
     database_chunk: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k nearest database rows of every query.
+    """The k nearest database rows of every query (module docstring: backends and tie rule).
 
-    queries: [Q, D], database: [N, D] (floating point, same device for the torch backend).
-    Returns (distances [Q, k] float32 ascending, indices [Q, k] int64) on the queries' device.
-    ``database_chunk`` applies to the torch backend only. k > N raises ValueError.
+    Args:
+        queries: [Q, D] floating point, finite.
+        database: [N, D] floating point, finite (same device as the queries for ``torch`` and ``fused``).
+        k: 1 ≤ k ≤ N.
+        metric: ``"cosine"`` or ``"euclidean"`` (``fused``: cosine only).
+        backend: one of :data:`NEIGHBOUR_SEARCH_BACKENDS`.
+        query_chunk: queries per step (None: by memory budget for torch, all at once otherwise).
+        database_chunk: database rows per step of the torch backend, and of the torch reference under
+            ``fused``.
+
+    Returns:
+        (distances [Q, k] float32 ascending, indices [Q, k] int64) on the queries' device.
+
+    Raises:
+        ValueError: a malformed argument, k > N, faiss asked for but missing, or a ``fused`` call outside
+            what it serves (metric, k).
     """
     _check_inputs(queries, database, k, metric, backend)
-    _check_chunk(query_chunk, "query_chunk")
-    _check_chunk(database_chunk, "database_chunk")
+    check_optional_positive_int("query_chunk", query_chunk)
+    check_optional_positive_int("database_chunk", database_chunk)
     if backend == "auto":
         backend = "faiss" if faiss_available()[0] else "torch"
     if backend == "faiss":
@@ -102,23 +129,9 @@ def knn_search(
         return _faiss_knn_index_ties(queries, database, k, metric, query_chunk)
     if queries.device != database.device:
         raise ValueError(f"queries ({queries.device}) and database ({database.device}) must share a device")
+    if backend == "fused":
+        return _fused_knn(queries, database, k, metric, query_chunk, database_chunk)
     return _torch_knn(queries, database, k, metric, query_chunk, database_chunk)
-
-
-def _smallest_k(distances: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k smallest entries of each row, ties taken by the lower column; sorted by (value, column).
-
-    distances: [c, b] → (values [c, k], columns [c, k] int64).
-    """
-    kth_value = distances.topk(k, dim=1, largest=False, sorted=True).values[:, -1:]
-    below = distances < kth_value
-    at_kth = distances == kth_value
-    still_needed = k - below.sum(dim=1, keepdim=True)
-    take = below.logical_or_(at_kth.logical_and_(at_kth.cumsum(dim=1) <= still_needed))
-    columns = take.nonzero()[:, 1].view(-1, k)  # row-major: ascending columns within a row
-    values = distances.gather(1, columns)
-    values, order = values.sort(dim=1, stable=True)
-    return values, columns.gather(1, order)
 
 
 def _torch_knn(
@@ -139,22 +152,48 @@ def _torch_knn(
     out_distances, out_indices = [], []
     for q_begin in range(0, queries.shape[0], query_chunk):
         query_block = queries[q_begin : q_begin + query_chunk]
-        best_values = best_indices = None
+        nearest = RunningTopK(
+            query_block.shape[0], k, largest=False, dtype=query_block.dtype, device=query_block.device
+        )
         for d_begin in range(0, num_database, database_chunk):
-            block = pairwise_distance(query_block, database[d_begin : d_begin + database_chunk], metric)
-            values, columns = _smallest_k(block, min(k, block.shape[1]))
-            indices = columns + d_begin
-            if best_values is not None:
-                # earlier blocks hold lower indices, so a stable sort by value keeps (value, index) order
-                values, indices = (
-                    torch.cat([best_values, values], dim=1),
-                    torch.cat([best_indices, indices], dim=1),
-                )
-                values, order = values.sort(dim=1, stable=True)
-                values, indices = values[:, :k], indices.gather(1, order[:, :k])
-            best_values, best_indices = values, indices
-        out_distances.append(best_values.float())
-        out_indices.append(best_indices)
+            nearest.add(pairwise_distance(query_block, database[d_begin : d_begin + database_chunk], metric))
+        distances, indices = nearest.result()
+        out_distances.append(distances.float())
+        out_indices.append(indices)
+    return torch.cat(out_distances), torch.cat(out_indices)
+
+
+def _fused_knn(
+    queries: torch.Tensor,
+    database: torch.Tensor,
+    k: int,
+    metric: str,
+    query_chunk: int | None,
+    database_chunk: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine neighbours through ``reidscale.kernels.bank_topk`` on L2-normalised float32 features."""
+    if metric != "cosine":
+        raise ValueError(
+            "backend='fused' ranks by the inner product of L2-normalised features, so it supports "
+            f"metric='cosine' only, got {metric!r}; use backend='torch' or 'faiss' for {metric!r}"
+        )
+    if k > BANK_TOPK_MAX_K:
+        raise ValueError(
+            f"backend='fused' serves k <= {BANK_TOPK_MAX_K} (one bank_topk call), got k={k}; "
+            "use backend='torch' or 'faiss'"
+        )
+    bank = l2_normalize(database.float())
+    normalised = l2_normalize(queries.float())
+    step = query_chunk or max(1, normalised.shape[0])
+    out_distances, out_indices = [], []
+    for begin in range(0, normalised.shape[0], step):
+        scores, indices = bank_topk(normalised[begin : begin + step], bank, k, bank_chunk=database_chunk)
+        out_distances.append(1.0 - scores)
+        out_indices.append(indices)
+    if not out_distances:
+        return queries.new_zeros((0, k), dtype=torch.float32), torch.zeros(
+            (0, k), dtype=torch.int64, device=queries.device
+        )
     return torch.cat(out_distances), torch.cat(out_indices)
 
 

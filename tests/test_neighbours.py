@@ -1,12 +1,21 @@
-"""kNN search: torch backend against brute force (full matrix + stable argsort), faiss against torch."""
+"""The neighbours API: every backend against brute force (full matrix + stable argsort, and an
+independent numpy float64 matrix + lexsort), faiss against torch, the fused backend's limits, and the
+fused backend on the Triton interpreter (one subprocess)."""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+
+import numpy as np
 import pytest
 import torch
 
 from reidscale.evaluation.distance import pairwise_distance
-from reidscale.evaluation.knn import faiss_available, knn_search
+from reidscale.kernels.support import BANK_TOPK_MAX_K
+from reidscale.neighbours import NEIGHBOUR_SEARCH_BACKENDS, faiss_available, knn_search
+from tests.support.processes import run_command
 
 FAISS_USABLE, FAISS_REASON = faiss_available()
 needs_faiss = pytest.mark.skipif(not FAISS_USABLE, reason=FAISS_REASON)
@@ -133,3 +142,94 @@ def test_faiss_backend_breaks_ties_by_lower_index(metric: str, copies: int):
     distances, indices = knn_search(queries, database, 9, metric, backend="faiss")
     assert torch.equal(indices, expected_indices)
     torch.testing.assert_close(distances, expected_distances.float(), rtol=0, atol=1e-5)
+
+
+# -------------------------------------------------------------------- every backend vs numpy brute force
+
+
+def numpy_brute_force(queries: torch.Tensor, database: torch.Tensor, k: int, metric: str):
+    """(distances [Q, k] float64, indices [Q, k]) from the float64 numpy matrix, rows ordered by lexsort."""
+    q, d = queries.double().numpy(), database.double().numpy()
+    if metric == "cosine":
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        d = d / np.linalg.norm(d, axis=1, keepdims=True)
+        full = 1.0 - q @ d.T
+    else:
+        full = ((q[:, None, :] - d[None, :, :]) ** 2).sum(axis=2)
+    columns = np.arange(full.shape[1])
+    order = np.stack([np.lexsort((columns, row))[:k] for row in full])
+    return np.take_along_axis(full, order, axis=1), order
+
+
+#: (metric, backend) pairs the API serves; fused is cosine only
+METRIC_BACKENDS = [
+    *(pytest.param(metric, "faiss", marks=needs_faiss) for metric in ("cosine", "euclidean")),
+    ("cosine", "torch"),
+    ("euclidean", "torch"),
+    ("cosine", "fused"),
+]
+
+
+@pytest.mark.parametrize(("metric", "backend"), METRIC_BACKENDS)
+@pytest.mark.parametrize(("query_chunk", "database_chunk"), [(None, None), (4, 7)])
+def test_every_backend_equals_the_numpy_brute_force(metric: str, backend: str, query_chunk, database_chunk):
+    queries, database = tied_features(metric, num_queries=19, num_distinct=13, copies=4, seed=7)  # N = 52
+    want_distances, want_indices = numpy_brute_force(queries, database, 11, metric)
+    distances, indices = knn_search(
+        queries, database, 11, metric, backend=backend, query_chunk=query_chunk, database_chunk=database_chunk
+    )
+    assert distances.dtype == torch.float32 and indices.dtype == torch.int64
+    assert np.array_equal(indices.numpy(), want_indices)
+    np.testing.assert_allclose(distances.numpy(), want_distances, rtol=0, atol=1e-6)
+
+
+def test_fused_backend_equals_torch_backend_on_random_features():
+    generator = torch.Generator().manual_seed(8)
+    queries, database = torch.randn(17, 24, generator=generator), torch.randn(230, 24, generator=generator)
+    torch_distances, torch_indices = knn_search(queries, database, 12, backend="torch")
+    fused_distances, fused_indices = knn_search(queries, database, 12, backend="fused", database_chunk=50)
+    assert torch.equal(fused_indices, torch_indices)
+    torch.testing.assert_close(fused_distances, torch_distances, rtol=0, atol=1e-6)
+
+
+def test_fused_backend_says_what_it_supports():
+    queries, database = torch.randn(3, 4), torch.randn(6, 4)
+    with pytest.raises(
+        ValueError, match=r"backend='fused' .* supports metric='cosine' only, got 'euclidean'"
+    ):
+        knn_search(queries, database, 2, metric="euclidean", backend="fused")
+    big = torch.randn(BANK_TOPK_MAX_K + 1, 4)
+    with pytest.raises(ValueError, match=rf"backend='fused' serves k <= {BANK_TOPK_MAX_K}"):
+        knn_search(queries, big, BANK_TOPK_MAX_K + 1, backend="fused")
+    empty_distances, empty_indices = knn_search(queries[:0], database, 2, backend="fused")
+    assert empty_distances.shape == (0, 2) and empty_indices.shape == (0, 2)
+
+
+def test_backend_names_are_the_choices():
+    assert NEIGHBOUR_SEARCH_BACKENDS == ("auto", "faiss", "fused", "torch")
+
+
+_FUSED_INTERPRETER_SCRIPT = r"""
+import json, warnings
+from reidscale.kernels import dispatch
+from reidscale.neighbours import knn_search
+from tests.test_neighbours import numpy_brute_force, tied_features
+warnings.simplefilter("error")  # the Triton kernel must serve every call: a fallback fails the run
+queries, database = tied_features("cosine", num_queries=9, num_distinct=11, copies=3, seed=9)
+out = {"backend": dispatch.choose_backend("bank_topk", queries.device, k=7)}
+distances, indices = knn_search(queries, database, 7, "cosine", backend="fused", query_chunk=5)
+want_distances, want_indices = numpy_brute_force(queries, database, 7, "cosine")
+out["indices"] = indices.tolist() == want_indices.tolist()
+out["distance_error"] = float(abs(distances.double().numpy() - want_distances).max())
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the fused backend runs the compiled kernels")
+def test_fused_backend_on_the_triton_interpreter():
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "REIDSCALE_KERNELS": "triton"}
+    proc = run_command([sys.executable, "-c", _FUSED_INTERPRETER_SCRIPT], env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"backend": "triton", "indices": True, "distance_error": 0.0}
