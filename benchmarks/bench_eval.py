@@ -28,8 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: `benchmarks` and `tests` import
 from benchmarks.common import append_rows, choice_list, measure_isolated, provenance, results_path, run_timed
-from reidscale.evaluation.distance import l2_normalize, pairwise_distance
 from reidscale.evaluation.metrics import UPDATE_BYTES_PER_ENTRY, evaluate_features, query_chunk_size
+from reidscale.neighbours.distance import l2_normalize, pairwise_distance
 from tests.support.reference.eval_loop import eval_loop
 
 #: name → (queries, gallery, test ids, cameras, distractors)

@@ -30,8 +30,10 @@ class EvalConfig:
     max_rank: int = option(50, "largest CMC rank reported")
     query_chunk: int | None = option(None, "queries per chunk; null = chosen from memory_budget_mb")
     memory_budget_mb: int = option(1024, "working memory allowed for one chunk of query-gallery distances")
-    knn_backend: Literal["auto", "faiss", "torch"] = option(
-        "auto", "nearest-neighbour search: faiss (GPU index when faiss sees a GPU), chunked torch, or auto"
+    knn_backend: Literal["auto", "faiss", "fused", "torch"] = option(
+        "auto",
+        "nearest-neighbour search (re-ranking): faiss (GPU index when faiss sees a GPU), fused (the "
+        "memory-bank top-k kernel; cosine only), chunked torch, or auto (faiss if importable, else torch)",
     )
     device: str = option(
         "auto", "device for distance computation: auto (cuda when available), cpu, cuda, cuda:N"

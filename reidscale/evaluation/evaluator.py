@@ -10,11 +10,11 @@ from typing import Any
 import torch
 
 from reidscale.evaluation.config import EvalConfig
-from reidscale.evaluation.distance import distance_chunks, l2_normalize
 from reidscale.evaluation.features import FeatureSet
 from reidscale.evaluation.metrics import RankMetricAccumulator, RankMetrics, query_chunk_size
 from reidscale.evaluation.rerank import rerank_distance_chunks
 from reidscale.evaluation.visualize import save_rank_list_grid
+from reidscale.neighbours.distance import distance_chunks, l2_normalize
 
 TABLE_RANKS: tuple[int, ...] = (1, 5, 10)
 

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from reidscale.evaluation.distance import check_metric, distance_chunks
+from reidscale.neighbours.distance import check_metric, distance_chunks
 
 #: average gallery items per bin of the distance grid (fewer bins: smaller histogram, more exact sorting)
 GALLERY_ITEMS_PER_BIN = 4

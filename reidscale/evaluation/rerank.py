@@ -28,8 +28,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from reidscale.evaluation.distance import check_metric, l2_normalize, pairwise_distance
 from reidscale.neighbours import knn_search
+from reidscale.neighbours.distance import check_metric, l2_normalize, pairwise_distance
 
 # Upper bound on the elements of one vectorised temporary (gathers, comparisons, expanded pair lists).
 _BLOCK_ELEMENTS = 1 << 22

@@ -97,7 +97,9 @@ def test_the_config_package_knows_no_section() -> None:
     assert dependency_graph()["config"] <= {"utils"}
 
 
-@pytest.mark.parametrize("package", ["reidscale.evaluation", "reidscale.kernels", "reidscale.data"])
+@pytest.mark.parametrize(
+    "package", ["reidscale.evaluation", "reidscale.kernels", "reidscale.data", "reidscale.neighbours"]
+)
 def test_importing_a_lower_package_loads_no_jobs_methods_or_objectives(package: str) -> None:
     code = (
         f"import json, sys, {package}\n"

@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from reidscale.evaluation import distance as distance_module
 from reidscale.evaluation import metrics as metrics_module
-from reidscale.evaluation.distance import pairwise_distance
 from reidscale.evaluation.metrics import (
     RankMetricAccumulator,
     RankMetrics,
@@ -16,6 +14,8 @@ from reidscale.evaluation.metrics import (
     evaluate_features,
     query_chunk_size,
 )
+from reidscale.neighbours import distance as distance_module
+from reidscale.neighbours.distance import pairwise_distance
 from tests.support.reference.eval_loop import eval_loop
 
 TOL = 1e-6

@@ -12,9 +12,9 @@ import yaml
 from PIL import Image
 
 from reidscale.cli import main
-from reidscale.evaluation.distance import pairwise_distance
 from reidscale.evaluation.features import FeatureSet, save_feature_file
 from reidscale.evaluation.rerank import rerank_distances
+from reidscale.neighbours.distance import pairwise_distance
 from tests.support.reference.eval_loop import eval_loop
 
 

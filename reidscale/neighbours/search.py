@@ -1,11 +1,11 @@
 """Exact k-nearest-neighbour search behind one function, with faiss, the fused bank kernel, or plain torch.
 
 The one neighbours API of the project: evaluation ranks with it (k-reciprocal re-ranking) and so can any
-other part that needs exact feature neighbours (e.g. clustering tracklets by kNN). It lives at the package
-top so those callers share it without importing each other: it depends only on ``reidscale.kernels``
+other part that needs exact feature neighbours (e.g. clustering tracklets by kNN). It is a package of its
+own so those callers share it without importing each other: it depends only on ``reidscale.kernels``
 (the exact chunked top-k, and the fused ``bank_topk`` through its dispatch) and on the distance
-definitions of ``reidscale.evaluation.distance`` (plain torch), never on jobs, objectives or the
-evaluation pipeline. The kernels never import it.
+definitions beside it (``distance.py``, plain torch), never on jobs, objectives or the evaluation
+pipeline. The kernels never import it.
 
 Distances follow ``distance.pairwise_distance``: ``cosine`` = 1 − cos, ``euclidean`` = squared L2.
 Results are sorted ascending, ties broken by the lower database index. Backends
@@ -33,11 +33,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from reidscale.evaluation.distance import check_metric, l2_normalize, pairwise_distance
 from reidscale.kernels import bank_topk
 from reidscale.kernels.checks import check_optional_positive_int
 from reidscale.kernels.chunked_topk import RunningTopK
 from reidscale.kernels.support import BANK_TOPK_MAX_K
+from reidscale.neighbours.distance import check_metric, l2_normalize, pairwise_distance
 
 #: what ``knn_search``'s ``backend`` takes
 NEIGHBOUR_SEARCH_BACKENDS: tuple[str, ...] = ("auto", "faiss", "fused", "torch")

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from reidscale.evaluation.distance import pairwise_distance
 from reidscale.kernels.support import BANK_TOPK_MAX_K
 from reidscale.neighbours import NEIGHBOUR_SEARCH_BACKENDS, faiss_available, knn_search
+from reidscale.neighbours.distance import pairwise_distance
 from tests.support.processes import run_command
 
 FAISS_USABLE, FAISS_REASON = faiss_available()
