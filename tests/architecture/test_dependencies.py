@@ -109,3 +109,26 @@ def test_importing_a_lower_package_loads_no_jobs_methods_or_objectives(package: 
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
     assert not loaded & {"jobs", "methods", "objectives", "engine", "cli"}, loaded
+
+
+def documented_graph() -> list[tuple[str, set[str]]]:
+    """The table of docs/architecture.md#packages-and-their-imports: (package, its imports), in order."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = text[text.index("### Packages and their imports") :]
+    rows = []
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0].startswith("`"):
+            imports = {name.strip(" `") for name in cells[1].split(",") if name.strip(" `—")}
+            rows.append((cells[0].strip("`"), imports))
+    return rows
+
+
+def test_the_documented_table_is_the_import_graph_and_runs_downwards() -> None:
+    rows = documented_graph()
+    graph = {name: deps for name, deps in dependency_graph().items() if name != "__main__"}
+    assert {name: deps for name, deps in rows if deps} == graph
+    order = [name for name, _ in rows]
+    assert set(order) >= set(graph) | {dep for deps in graph.values() for dep in deps}
+    for position, (name, deps) in enumerate(rows):
+        assert all(order.index(dep) > position for dep in deps), f"{name} imports a package above it"
