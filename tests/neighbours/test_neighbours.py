@@ -213,7 +213,7 @@ _FUSED_INTERPRETER_SCRIPT = r"""
 import json, warnings
 from reidscale.kernels import dispatch
 from reidscale.neighbours import knn_search
-from tests.test_neighbours import numpy_brute_force, tied_features
+from tests.neighbours.test_neighbours import numpy_brute_force, tied_features
 warnings.simplefilter("error")  # the Triton kernel must serve every call: a fallback fails the run
 queries, database = tied_features("cosine", num_queries=9, num_distinct=11, copies=3, seed=9)
 out = {"backend": dispatch.choose_backend("bank_topk", queries.device, k=7)}

@@ -15,14 +15,12 @@ import math
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reidscale.models.registry import Backbone
 from reidscale.objectives.selective import Anchors, SelectiveBanks, SelectiveConfig, SelectiveContrastive
-from tests.support.ports import free_port
+from tests.support.gloo_ranks import run_on_two_ranks
 
 # ---------------------------------------------------------------------------------- independent truth
 
@@ -277,17 +275,6 @@ def scenario(rank: int, world_size: int) -> dict[str, dict[str, list]]:
     }
 
 
-def _worker(rank: int, world_size: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    try:
-        torch.save(scenario(rank, world_size), Path(out) / f"rank{rank}.pt")
-    finally:
-        dist.barrier()
-        dist.destroy_process_group()
-
-
 def spawn_two_ranks(out: Path) -> list[dict[str, dict[str, list]]]:
     """Run :func:`scenario` on 2 gloo ranks (spawned processes); returns their results, rank order."""
-    mp.spawn(_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
-    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
+    return run_on_two_ranks(scenario, out)

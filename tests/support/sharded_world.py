@@ -10,12 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import Tensor
 
 from reidscale.sharded import RowShards, fetch_rows, gather_batches, merge_sharded_topk
-from tests.support.ports import free_port
+from tests.support.gloo_ranks import run_on_two_ranks
 
 ROWS, DIM, QUERIES, K = 7, 3, 2, 4  # 7 rows sharded 3 | 4; 2 queries per rank; k = 4 > the 3 rows of rank 0
 REQUESTS = [torch.tensor([5, -1, 0, 6, 2, 2]), torch.tensor([1, 4, -1, -1])]  # per rank, any owner
@@ -66,17 +64,6 @@ def scenario(rank: int, world_size: int) -> dict[str, Tensor]:
     }
 
 
-def _worker(rank: int, world_size: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    try:
-        torch.save(scenario(rank, world_size), Path(out) / f"rank{rank}.pt")
-    finally:
-        dist.barrier()
-        dist.destroy_process_group()
-
-
 def spawn_two_ranks(out: Path) -> list[dict[str, Tensor]]:
     """Run :func:`scenario` on 2 gloo ranks (spawned processes); returns their results, rank order."""
-    mp.spawn(_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
-    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
+    return run_on_two_ranks(scenario, out)
