@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from reidscale.config import ConfigError, describe, load_config, write_run_record
-from reidscale.jobs.roots import every_command_root, root_for
+from reidscale.jobs.roots import canonical_command, every_command_root, root_for
 
 WEIGHTS_HELP = "backbone weights file, e.g. runs/<name>/backbone.pt (shorthand for --model.weights FILE)"
 
@@ -44,15 +44,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_config(args: argparse.Namespace, overrides: list[str]) -> int:
+def cmd_config(args: argparse.Namespace, command_name: str | None, overrides: list[str]) -> int:
     from reidscale.config import dump_yaml
+    from reidscale.methods import methods_of
 
-    root = every_command_root() if args.command_name is None else root_for(args.command_name)
+    root = every_command_root() if command_name is None else root_for(command_name)
     if args.resolved:
         print(dump_yaml(load_config(root, args.config, overrides)), end="")
         return 0
     for key, type_name, doc in describe(root):
         print(f"--{key:<32} {type_name:<28} {doc}")
+    if command_name is not None:
+        for spec in methods_of(canonical_command(command_name)):
+            print(f"method {spec.name!r} of {spec.command}: {spec.description}")
     return 0
 
 
@@ -208,7 +212,7 @@ def cmd_extract(args: argparse.Namespace, overrides: list[str]) -> int:
     config = load_config(root_for("extract"), args.config, _with_weights(args, overrides))
     model = _trained_backbone(config, "extract")
     cfg = config.finetune
-    height, width = config.model.img_size
+    height, width = config.model.input_size
     path = extract_to_file(
         model,
         cfg.dataset,
@@ -231,7 +235,7 @@ def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
 
     config = load_config(root_for("export"), args.config, _with_weights(args, overrides))
     model = _trained_backbone(config, "export")
-    img_size = (config.model.img_size[0], config.model.img_size[1])
+    img_size = config.model.input_size
     report = export_backbone(model, args.out, img_size=img_size, **dataclasses.asdict(config.export))
     print(json.dumps({key: str(value) for key, value in report.items()}, indent=2))
     return 0
@@ -263,12 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser(
         "config", help="list the config options a command reads (all commands' without one), or resolve one"
     )
-    config.add_argument(
-        "command_name",
-        nargs="?",
-        default=None,
-        metavar="COMMAND",
-        help="pretrain, finetune, evaluate, extract, export or demo (default: the options of every command)",
+    config.usage = "reidscale config [COMMAND] [--resolved] [--config FILE] [--section.key VALUE ...]"
+    config.description = (
+        "COMMAND: pretrain, finetune, evaluate, extract, export or demo; without one, the options of every "
+        "command. A training command also lists the methods it trains."
     )
     _add_config_args(config)
     config.add_argument(
@@ -341,7 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parser.error(f"{args.command} takes no config overrides, got {' '.join(overrides)}")
             return without_config[args.command](args)
         if args.command == "config":
-            return cmd_config(args, overrides)
+            command_name = overrides.pop(0) if overrides and not overrides[0].startswith("--") else None
+            return cmd_config(args, command_name, overrides)
         handlers = {
             "demo": cmd_demo,
             "pretrain": cmd_pretrain,

@@ -25,8 +25,11 @@ class Section:
     doc: str
 
 
-def compose_root(name: str, sections: Sequence[Section]) -> type:
+def compose_root(name: str, sections: Sequence[Section], module: str | None = None) -> type:
     """A dataclass named ``name`` with one field per section (``key: cls``, default ``cls()``).
+
+    ``module``: the module that can hand the class back by ``name`` (its ``__getattr__``), so that
+    configs pickle; None = this module (they then do not).
 
     Raises:
         ValueError: a key appears twice, or a section's class is not a dataclass.
@@ -43,5 +46,6 @@ def compose_root(name: str, sections: Sequence[Section]) -> type:
             )
         fields.append((section.key, section.cls, option(doc=section.doc, factory=section.cls)))
     root = dataclasses.make_dataclass(name, fields)
+    root.__module__ = module or __name__  # (make_dataclass takes module= only from Python 3.12)
     root.__doc__ = f"The config tree of {name}: sections {', '.join(keys)}."
     return root

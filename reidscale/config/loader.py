@@ -18,7 +18,7 @@ from typing import Any, TypeVar, Union
 
 import yaml
 
-from reidscale.config.fields import field_doc
+from reidscale.utils.options import field_doc
 
 C = TypeVar("C")
 

@@ -202,7 +202,9 @@ def grad_accumulation(config: TrainConfig, world_size: int) -> int:
     """Micro-batches per optimizer step: global_batch / (micro_batch · world_size) or the explicit value."""
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
-    per_pass = (config.micro_batch or 0) * world_size
+    if config.micro_batch is None:
+        raise ValueError("train.micro_batch is null: the training jobs derive it; set it to drive the engine")
+    per_pass = config.micro_batch * world_size
     if config.global_batch is None:
         return 1 if config.grad_accumulation is None else config.grad_accumulation
     if config.global_batch % per_pass:

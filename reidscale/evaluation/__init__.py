@@ -1,4 +1,5 @@
-"""ReID evaluation: distances, rank metrics (mAP/CMC/mINP), kNN search, re-ranking.
+"""ReID evaluation: rank metrics (mAP/CMC/mINP), re-ranking, feature extraction, evaluation during training.
 
-The benchmark readers live with the data, in ``reidscale.data.datasets``.
+The benchmark readers live with the data, in ``reidscale.data.datasets``; distances and the neighbour
+search in ``reidscale.neighbours``.
 """

@@ -1,5 +1,5 @@
-"""``eval``: the evaluation section (distances, rank metrics, kNN search, re-ranking), owned here with the
-code that reads it (``evaluator``, ``knn``, ``rerank``)."""
+"""``eval``: the evaluation section (distances, rank metrics, neighbour search, re-ranking), owned here with
+the code that reads it (``evaluator``, ``rerank``, and ``reidscale.neighbours`` through them)."""
 
 from __future__ import annotations
 
@@ -47,3 +47,10 @@ class EvalConfig:
     num_visualize: int = option(
         0, "queries drawn in the rank-list PNG (needs image paths in the features file)"
     )
+
+    def __post_init__(self) -> None:
+        if self.knn_backend == "fused" and self.rerank.enabled and self.metric != "cosine":
+            raise ValueError(
+                f"eval.knn_backend 'fused' ranks by cosine similarity only; eval.metric is {self.metric!r} "
+                "(use faiss, torch or auto)"
+            )

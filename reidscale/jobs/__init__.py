@@ -1,1 +1,2 @@
-"""Whole jobs behind the CLI commands (fine-tuning, ...), runnable from Python too."""
+"""Whole jobs behind the CLI commands, runnable from Python too: the one training job (``train``), the config
+root of each command (``roots``), the files a run leaves (``outputs``) and the demo (``demo``)."""

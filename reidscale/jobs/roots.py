@@ -53,7 +53,7 @@ ALIASES: dict[str, str] = {"demo": "pretrain"}
 
 def command_sections(command: str) -> tuple[Section, ...]:
     """The sections ``command`` reads, in order, each once (ValueError naming the known commands)."""
-    command = ALIASES.get(command, command)
+    command = canonical_command(command)
     if command in OTHER_COMMANDS:
         return OTHER_COMMANDS[command]
     if command in USES_FINETUNE_CONFIG:
@@ -67,12 +67,30 @@ def command_sections(command: str) -> tuple[Section, ...]:
     return tuple(sections)
 
 
-@functools.cache
+def canonical_command(command: str) -> str:
+    """The command whose config ``command`` reads (``demo`` → ``pretrain``; others are themselves)."""
+    return ALIASES.get(command, command)
+
+
 def root_for(command: str) -> type:
-    """The config root dataclass of ``command`` (``load_config(root_for("pretrain"), path, overrides)``);
-    one class per command, so that two loads of the same command compare equal."""
-    name = ALIASES.get(command, command)
-    return compose_root(f"{name.capitalize()}Config", command_sections(command))
+    """The config root dataclass of ``command`` (``load_config(root_for("pretrain"), path, overrides)``),
+    e.g. ``PretrainRoot``; one class per command (aliases included), so that loads compare equal."""
+    return _root(canonical_command(command))
+
+
+@functools.cache
+def _root(command: str) -> type:
+    return compose_root(f"{command.capitalize()}Root", command_sections(command), module=__name__)
+
+
+def __getattr__(name: str) -> type:
+    """``PretrainRoot``, ``FinetuneRoot``, ... and ``AllCommandsRoot`` by name (how pickle finds them)."""
+    if name == "AllCommandsRoot":
+        return every_command_root()
+    command = name.removesuffix("Root").lower()
+    if name.endswith("Root") and command in (*TRAINING_COMMANDS, *OTHER_COMMANDS, *USES_FINETUNE_CONFIG):
+        return root_for(command)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @functools.cache
@@ -83,4 +101,4 @@ def every_command_root() -> type:
         sections.extend(
             s for s in command_sections(command) if s.key not in {known.key for known in sections}
         )
-    return compose_root("AllCommandsConfig", sections)
+    return compose_root("AllCommandsRoot", sections, module=__name__)

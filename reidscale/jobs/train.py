@@ -72,6 +72,7 @@ def run_training(config: Any, spec: MethodSpec) -> TrainSummary:
     with distributed():
         rank, world = get_rank(), get_world_size()
         run_dir = Path(config.run.output_dir) / config.run.name
+        train_settings(spec, config, world, batches_per_epoch=1)  # bad settings refused before data is read
         data = spec.build_data(config, rank, world)
         loader = DataLoader(data.dataset, batch_sampler=data.batch_sampler, num_workers=data.num_workers)
         train_config = train_settings(spec, config, world, len(loader))
@@ -80,7 +81,7 @@ def run_training(config: Any, spec: MethodSpec) -> TrainSummary:
         if rank == 0:
             write_run_record(run_dir / spec.command, config)
         plan = spec.eval_plan(config)
-        size = (int(config.model.img_size[0]), int(config.model.img_size[1]))
+        size = config.model.input_size
         evaluator = (
             None if plan is None else SplitEvaluator(plan.dataset, plan.root, size, plan.flip, config.eval)
         )

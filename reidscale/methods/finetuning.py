@@ -17,7 +17,7 @@ from reidscale.utils.options import option
 class FinetuneConfig:
     """Supervised fine-tuning (``reidscale finetune``): method, data, batches, augmentations, evaluation."""
 
-    method: str = option("bot", "fine-tuning method (`reidscale config finetune` lists them)")
+    method: str = option("bot", "fine-tuning method: bot (`reidscale config finetune` lists the methods)")
     dataset: str = option("market1501", "training benchmark, one of the evaluation readers' dataset names")
     dataset_root: str = option("data", "folder holding the dataset (or its release-named parent)")
     ids_per_batch: int = option(16, "P: identities per global batch (split evenly over the ranks)")
@@ -28,11 +28,9 @@ class FinetuneConfig:
     flip_test: bool = option(False, "average each test feature with that of the mirrored image")
 
     def __post_init__(self) -> None:
-        from reidscale.methods.registry import method_names
+        from reidscale.methods.registry import check_method
 
-        known = method_names("finetune")
-        if known and self.method not in known:
-            raise ValueError(f"finetune.method must be one of {known}, got {self.method!r}")
+        check_method("finetune", self.method, "finetune.method")
         for name, least in {"ids_per_batch": 2, "images_per_id": 1}.items():
             if getattr(self, name) < least:
                 raise ValueError(f"finetune.{name} must be >= {least}, got {getattr(self, name)}")
@@ -76,7 +74,7 @@ def identity_batches(config: Any, rank: int, world_size: int) -> TrainingData:
         ValueError: ``finetune.ids_per_batch`` does not split evenly over the ranks.
     """
     finetune_micro_batch(config, world_size)  # the split is checked before the data is read
-    size = (int(config.model.img_size[0]), int(config.model.img_size[1]))
+    size = config.model.input_size
     dataset, sampler = finetune_train_data(config.finetune, size, config.run.seed, rank, world_size)
     return TrainingData(dataset=dataset, batch_sampler=sampler, facts={"num_pids": dataset.num_pids})
 

@@ -20,7 +20,9 @@ from reidscale.utils.options import option
 class PretrainConfig:
     """Unsupervised pre-training (``reidscale pretrain``): method, batch and the periodic evaluation."""
 
-    method: str = option("selective", "pre-training method (`reidscale config pretrain` lists them)")
+    method: str = option(
+        "selective", "pre-training method: selective (`reidscale config pretrain` lists the methods)"
+    )
     batch_size: int = option(64, "images per global step, split evenly over the ranks")
     eval_dataset: str | None = option(
         "market1501", "benchmark reader of the evaluation split (null = no evaluation)"
@@ -37,11 +39,9 @@ class PretrainConfig:
     )
 
     def __post_init__(self) -> None:
-        from reidscale.methods.registry import method_names
+        from reidscale.methods.registry import check_method
 
-        known = method_names("pretrain")
-        if known and self.method not in known:
-            raise ValueError(f"pretrain.method must be one of {known}, got {self.method!r}")
+        check_method("pretrain", self.method, "pretrain.method")
         if self.batch_size < 2:
             raise ValueError(f"pretrain.batch_size must be >= 2, got {self.batch_size}")
         if self.until_step is not None and self.until_step < 1:
@@ -73,7 +73,7 @@ def indexed_images(config: Any, rank: int, world_size: int) -> TrainingData:
     Raises:
         ValueError: ``pretrain.batch_size`` does not split evenly over the ranks.
     """
-    size = (int(config.model.img_size[0]), int(config.model.img_size[1]))
+    size = config.model.input_size
     dataset, sampler = build_pretrain_set(
         config.pretrain_data,
         size,

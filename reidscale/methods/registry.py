@@ -20,6 +20,14 @@ def method_names(command: str) -> tuple[str, ...]:
     return tuple(name for cmd, name in _METHODS if cmd == command)
 
 
+def check_method(command: str, name: str, option: str) -> None:
+    """ValueError "<option> must be one of (...)" when ``command`` trains no method ``name`` (nothing is
+    checked before any method of ``command`` is registered)."""
+    known = method_names(command)
+    if known and name not in known:
+        raise ValueError(f"{option} must be one of {known}, got {name!r}")
+
+
 def method_spec(command: str, name: str) -> MethodSpec:
     """The spec of method ``name`` of ``command``; ValueError listing the known ones otherwise."""
     if (command, name) not in _METHODS:

@@ -10,13 +10,14 @@ The spec's functions receive the command's resolved config root (the sections li
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
 
 from reidscale.config.compose import Section
+from reidscale.objectives.base import InitBatches
 
 #: a state_dict: parameter / buffer name → tensor
 StateDict = dict[str, Tensor]
@@ -40,7 +41,7 @@ class TrainingData:
     batch_sampler: Any
     num_workers: int = 0
     summary: str | None = None
-    init_batches: Callable[[int, int, int], Iterator[tuple[Tensor, Tensor]]] | None = None
+    init_batches: InitBatches | None = None
     facts: dict[str, Any] = field(default_factory=dict)
 
 

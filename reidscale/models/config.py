@@ -36,10 +36,22 @@ class ModelConfig:
         "teacher/student checkpoints; loaded strictly; null = random initialisation",
     )
 
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """``img_size`` as ``(height, width)``: the one input size of every job (ValueError otherwise)."""
+        size = list(self.img_size)
+        if len(size) != 2 or any(
+            not isinstance(side, int) or isinstance(side, bool) or side < 1 for side in size
+        ):
+            raise ValueError(
+                f"model.img_size must be [height, width] of positive ints, got {self.img_size!r}"
+            )
+        return int(size[0]), int(size[1])
+
 
 def backbone_kwargs(config: ModelConfig) -> dict[str, Any]:
     """The ``create_backbone`` keyword arguments ``config`` asks for (unset options are left out)."""
-    kwargs: dict[str, Any] = {"img_size": tuple(config.img_size)}
+    kwargs: dict[str, Any] = {"img_size": config.input_size}
     if config.last_stride is not None:
         kwargs["last_stride"] = config.last_stride
     if config.pooling is not None:
@@ -56,8 +68,6 @@ def backbone_kwargs(config: ModelConfig) -> dict[str, Any]:
 def backbone_from_config(config: ModelConfig) -> Backbone:
     """Build the backbone ``config`` describes and load ``config.weights`` into it when set (ValueError
     naming the option on a bad value, or on a weights file that is missing, unreadable or does not fit)."""
-    if len(config.img_size) != 2:
-        raise ValueError(f"model.img_size must be [height, width], got {config.img_size!r}")
     model = create_backbone(config.name, **backbone_kwargs(config))
     if config.weights is not None:
         try:

@@ -1,5 +1,5 @@
 """Training objectives (the methods): each is an :class:`~reidscale.objectives.base.Objective`."""
 
-from reidscale.objectives.base import Objective, StepOutput, no_weight_decay
+from reidscale.objectives.base import InitBatches, Objective, StepOutput, TrainingContext, no_weight_decay
 
-__all__ = ["Objective", "StepOutput", "no_weight_decay"]
+__all__ = ["InitBatches", "Objective", "StepOutput", "TrainingContext", "no_weight_decay"]

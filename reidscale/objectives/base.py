@@ -47,6 +47,10 @@ class StepOutput:
     num_images: int = 0
 
 
+#: ``init_batches(start, stop, batch)``: ``(index [b] int64, images [b, 3, H, W])`` over rows [start, stop)
+InitBatches = Callable[[int, int, int], Iterator[tuple[Tensor, Tensor]]]
+
+
 @dataclass
 class TrainingContext:
     """What ``Objective.setup`` learns about the run it is part of.
@@ -67,7 +71,7 @@ class TrainingContext:
     world_size: int = 1
     steps_per_epoch: int = 1
     resuming: bool = False
-    init_batches: Callable[[int, int, int], Iterator[tuple[Tensor, Tensor]]] | None = None
+    init_batches: InitBatches | None = None
     report: Callable[[str], None] = print
 
 

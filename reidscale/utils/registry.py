@@ -60,9 +60,10 @@ class Registry(Generic[K, V]):
     def add(self, key: K, value: V, what: str | None = None) -> None:
         """Store ``value`` under ``key``; ValueError "<what> is already registered" for a key that exists
         (``what`` defaults to "<noun> <key!r>")."""
-        if key in self._entries:
+        stored = self._lookup_key(key)
+        if stored in self._entries:
             raise ValueError(f"{what or f'{self.noun} {key!r}'} is already registered")
-        self._entries[key] = value
+        self._entries[stored] = value  # type: ignore[index]
 
     def register(self, key: K, what: str | None = None) -> Callable[[V], V]:
         """Decorator form of ``add``: stores its target under ``key`` and returns it unchanged."""

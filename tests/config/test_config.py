@@ -22,9 +22,9 @@ from reidscale.config import (
     load_config,
     write_run_record,
 )
-from reidscale.config.fields import field_doc, option
 from reidscale.config.loader import apply_overrides, parse_overrides
 from reidscale.jobs.roots import command_sections, every_command_root, root_for
+from reidscale.utils.options import field_doc, option
 
 #: the command each file of configs/ is written for, by file-name prefix
 CONFIG_COMMANDS = {"evaluate": "evaluate", "finetune": "finetune", "scl": "pretrain"}

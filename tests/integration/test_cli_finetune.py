@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from tests.support.processes import run_command
+from tests.support.run_configs import finetune_run_config
 from tests.support.tiny_market import write_tiny_market
 
 pytestmark = pytest.mark.deepspeed
@@ -32,21 +33,6 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _config(tmp: Path, market: Path, name: str, zero_stage: int = 0) -> Path:
-    text = f"""
-run: {{name: {name}, output_dir: {tmp / "runs"}, seed: 0}}
-tracking: {{backends: [jsonl], progress: false}}
-model: {{name: resnet18, img_size: [64, 32]}}
-finetune: {{dataset: market1501, dataset_root: {market}, ids_per_batch: 4, images_per_id: 4,
-           pad: 4}}
-train: {{zero_stage: {zero_stage}, max_steps: 30, log_every: 10, optimizer: {{lr: 0.00035}},
-        schedule: {{warmup_steps: 5}}}}
-"""
-    path = tmp / f"{name}.yaml"
-    path.write_text(text)
-    return path
-
-
 def _cli(*args: str) -> list[str]:
     """The command line of ``python -m reidscale ARGS`` with this interpreter."""
     return [sys.executable, "-m", "reidscale", *args]
@@ -59,7 +45,7 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
 
 
 def test_finetune_extract_evaluate_export(tmp_path: Path, market: Path) -> None:
-    config = _config(tmp_path, market, "single")
+    config = finetune_run_config(tmp_path, market, "single")
     out = _run(_cli("finetune", "--config", str(config))).stdout
     assert "fine-tuned resnet18 for 30 steps" in out
     run_dir = tmp_path / "runs" / "single"
@@ -90,7 +76,7 @@ def test_finetune_extract_evaluate_export(tmp_path: Path, market: Path) -> None:
 
 
 def test_extract_rejects_weights_of_another_model(tmp_path: Path, market: Path) -> None:
-    config = _config(tmp_path, market, "wrong")
+    config = finetune_run_config(tmp_path, market, "wrong")
     weights = tmp_path / "other.pt"
     torch.save({"conv.weight": torch.zeros(1)}, weights)
     proc = run_command(
@@ -105,7 +91,7 @@ def test_extract_rejects_weights_of_another_model(tmp_path: Path, market: Path) 
 
 @pytest.mark.multiproc
 def test_finetune_two_ranks_zero2(tmp_path: Path, market: Path) -> None:
-    config = _config(tmp_path, market, "two_ranks", zero_stage=2)
+    config = finetune_run_config(tmp_path, market, "two_ranks", zero_stage=2)
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun, "torchrun not found beside the interpreter"
     _run(
@@ -133,11 +119,14 @@ def test_finetune_derives_its_batch_and_rejects_uneven_identities_or_a_set_micro
     from reidscale.jobs.train import train_settings
     from reidscale.methods import method_spec
 
-    config = load_config(root_for("finetune"), _config(tmp_path, market, "checks"), [])
+    config = load_config(root_for("finetune"), finetune_run_config(tmp_path, market, "checks"), [])
     spec = method_spec("finetune", config.finetune.method)
     assert train_settings(spec, config, 2, 1).micro_batch == 8  # 4 ids / 2 ranks × 4 images
     with pytest.raises(ValueError, match="multiple of the number of ranks"):
         train_settings(spec, config, 3, 1)
     config.train.grad_accumulation = 2
     with pytest.raises(ValueError, match=r"train.grad_accumulation is set to 2, but finetune derives it"):
+        train_settings(spec, config, 1, 1)
+    config.train.grad_accumulation, config.train.micro_batch = None, 16
+    with pytest.raises(ValueError, match=r"train.micro_batch is set to 16, but finetune derives it \(from"):
         train_settings(spec, config, 1, 1)

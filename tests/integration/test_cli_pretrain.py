@@ -27,8 +27,8 @@ from reidscale.evaluation.during_training import split_metrics
 from reidscale.jobs.roots import root_for
 from reidscale.models import backbone_from_config, create_backbone
 from reidscale.objectives.selective.heads import SelectiveFeatures, SelectiveNet
-from tests.integration.test_cli_finetune import _config as finetune_config
 from tests.support.processes import run_command
+from tests.support.run_configs import finetune_run_config
 
 pytestmark = pytest.mark.deepspeed
 
@@ -107,8 +107,10 @@ def test_two_rank_pretraining_resumes_exactly(tmp_path: Path, corpus: Path) -> N
             assert torch.equal(ours[part], theirs[part]), f"rank {rank} {part}"
     assert split["results"]["after"] == straight["results"]["after"]
     assert split["results"]["before"] == straight["results"]["before"]  # carried over from the first part
-    stopped_at_3 = [entry for entry in split["results"]["evaluations"] if entry["step"] != 3]
-    assert stopped_at_3 == straight["results"]["evaluations"]  # + the evaluation where the first part stopped
+    without_the_stop = [entry for entry in split["results"]["evaluations"] if entry["step"] != 3]
+    assert (
+        without_the_stop == straight["results"]["evaluations"]
+    )  # + the evaluation where the first part stopped
     # the two shards together hold every row once: 37 tracklets × 1 crop
     assert sum(shard["selection"].shape[0] for shard in straight["banks"]) == 37
     rows = [json.loads(line) for line in (tmp_path / "runs" / "straight" / "metrics.jsonl").open()]
@@ -178,7 +180,9 @@ def test_pretrained_backbone_reaches_extract_export_finetune_and_pretrain(
     pretrain_config, _ = single_run
     weights = pretrain_config.parent / "runs" / "single" / "backbone.pt"
     market = corpus / "market"
-    config = finetune_config(tmp_path, market, "from_pretrain")  # resnet18 at 64×32 on the synthetic market
+    config = finetune_run_config(
+        tmp_path, market, "from_pretrain"
+    )  # resnet18 at 64×32 on the synthetic market
     backbone = create_backbone("resnet18", img_size=SIZE)
     backbone.load_state_dict(torch.load(weights, weights_only=True))
     expected, expected_features = split_metrics(

@@ -12,7 +12,6 @@ import torch
 import torchvision
 from torch import nn
 
-from reidscale.config.fields import field_doc
 from reidscale.config.loader import build_config
 from reidscale.models import (
     IBN,
@@ -29,6 +28,7 @@ from reidscale.models import (
 )
 from reidscale.models import registry as registry_module
 from reidscale.models.timm_backbone import timm_backbone
+from reidscale.utils.options import field_doc
 
 timm = pytest.importorskip("timm")
 

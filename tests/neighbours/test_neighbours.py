@@ -14,31 +14,11 @@ import torch
 
 from reidscale.kernels.support import BANK_TOPK_MAX_K
 from reidscale.neighbours import NEIGHBOUR_SEARCH_BACKENDS, faiss_available, knn_search
-from reidscale.neighbours.distance import pairwise_distance
+from tests.support.neighbour_cases import brute_force, numpy_brute_force, tied_features
 from tests.support.processes import run_command
 
 FAISS_USABLE, FAISS_REASON = faiss_available()
 needs_faiss = pytest.mark.skipif(not FAISS_USABLE, reason=FAISS_REASON)
-
-
-def brute_force(queries: torch.Tensor, database: torch.Tensor, k: int, metric: str):
-    distances = pairwise_distance(queries, database, metric)
-    order = distances.argsort(dim=1, stable=True)[:, :k]
-    return distances.gather(1, order), order
-
-
-def tied_features(metric: str, num_queries: int, num_distinct: int, copies: int, seed: int):
-    """Features whose distances are computed exactly, with every database row repeated ``copies`` times
-    (interleaved, so tied rows sit far apart). cosine: ±1 entries in D=16 (norm 4, exact after
-    normalisation); euclidean: small integers in float64."""
-    generator = torch.Generator().manual_seed(seed)
-    if metric == "cosine":
-        signs = torch.randint(0, 2, (num_queries + num_distinct, 16), generator=generator).double() * 2 - 1
-        queries, distinct = signs.split([num_queries, num_distinct])
-    else:
-        values = torch.randint(-2, 3, (num_queries + num_distinct, 6), generator=generator).double()
-        queries, distinct = values.split([num_queries, num_distinct])
-    return queries, distinct.repeat(copies, 1)
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
@@ -147,20 +127,6 @@ def test_faiss_backend_breaks_ties_by_lower_index(metric: str, copies: int):
 # -------------------------------------------------------------------- every backend vs numpy brute force
 
 
-def numpy_brute_force(queries: torch.Tensor, database: torch.Tensor, k: int, metric: str):
-    """(distances [Q, k] float64, indices [Q, k]) from the float64 numpy matrix, rows ordered by lexsort."""
-    q, d = queries.double().numpy(), database.double().numpy()
-    if metric == "cosine":
-        q = q / np.linalg.norm(q, axis=1, keepdims=True)
-        d = d / np.linalg.norm(d, axis=1, keepdims=True)
-        full = 1.0 - q @ d.T
-    else:
-        full = ((q[:, None, :] - d[None, :, :]) ** 2).sum(axis=2)
-    columns = np.arange(full.shape[1])
-    order = np.stack([np.lexsort((columns, row))[:k] for row in full])
-    return np.take_along_axis(full, order, axis=1), order
-
-
 #: (metric, backend) pairs the API serves; fused is cosine only
 METRIC_BACKENDS = [
     *(pytest.param(metric, "faiss", marks=needs_faiss) for metric in ("cosine", "euclidean")),
@@ -213,7 +179,7 @@ _FUSED_INTERPRETER_SCRIPT = r"""
 import json, warnings
 from reidscale.kernels import dispatch
 from reidscale.neighbours import knn_search
-from tests.neighbours.test_neighbours import numpy_brute_force, tied_features
+from tests.support.neighbour_cases import numpy_brute_force, tied_features
 warnings.simplefilter("error")  # the Triton kernel must serve every call: a fallback fails the run
 queries, database = tied_features("cosine", num_queries=9, num_distinct=11, copies=3, seed=9)
 out = {"backend": dispatch.choose_backend("bank_topk", queries.device, k=7)}

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from reidscale.kernels.support import BANK_TOPK_MAX_K as MAX_K
 from reidscale.models.registry import Backbone, create_backbone
+from reidscale.objectives.base import TrainingContext
 from reidscale.objectives.selective import (
     SelectiveConfig,
     SelectiveContrastive,
@@ -446,3 +447,37 @@ def test_initialisation_pass_uses_batch_statistics_and_leaves_running_statistics
         torch.testing.assert_close(banks.global_bank()[rows], g)
         torch.testing.assert_close(banks.local_bank(1)[rows], stripes[:, 1])
         torch.testing.assert_close(banks.mixture[rows], F.normalize(g + local_concat(stripes), dim=1))
+
+
+def test_setup_builds_and_fills_the_banks_as_the_manual_calls_do() -> None:
+    data = world(rows=9, batch=4)
+    manual = ready_objective(tiny_config(), data, steps_per_epoch=3)
+    lines: list[str] = []
+    requested: list[tuple[int, int, int]] = []
+
+    def init_batches(start: int, stop: int, batch: int):
+        requested.append((start, stop, batch))
+        rows = torch.arange(start, stop)
+        return [(rows[i : i + batch], data["init"][rows[i : i + batch]]) for i in range(0, len(rows), batch)]
+
+    objective = objective_with_fixed_net(tiny_config(init_batch_size=5), data["cameras"], seed=1)
+    context = TrainingContext(
+        torch.device("cpu"), steps_per_epoch=3, init_batches=init_batches, report=lines.append
+    )
+    objective.setup(context)
+    assert requested == [(0, 9, 5)] and objective.steps_per_epoch == 3  # batches 0-4, 5-8 as by hand
+    assert lines == ["memory banks: 9 rows in 1 shard(s) of float32; rank 0 initialised its 9 rows"]
+    ours = objective.extra_state()["banks"]
+    for name, value in manual.extra_state()["banks"].items():
+        same = torch.equal(ours[name], value) if isinstance(value, Tensor) else ours[name] == value
+        assert same, name
+
+
+def test_setup_when_resuming_builds_empty_banks_and_reads_no_data() -> None:
+    data = world(rows=9, batch=4)
+    objective = objective_with_fixed_net(tiny_config(), data["cameras"], seed=1)
+    objective.setup(TrainingContext(torch.device("cpu"), resuming=True, init_batches=None, report=print))
+    assert objective.banks is not None and not objective.banks.all_initialised()
+    fresh = objective_with_fixed_net(tiny_config(), data["cameras"], seed=1)
+    with pytest.raises(ValueError, match=r"needs context\.init_batches to fill its banks"):
+        fresh.setup(TrainingContext(torch.device("cpu")))
