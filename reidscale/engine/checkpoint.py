@@ -6,15 +6,25 @@ Layout of ``<dir>``::
     step_00000006/           DeepSpeed's files (model, ZeRO partitions, client_state) +
                              rank00000.pt, rank00001.pt, … (each rank's own state: its RNG states and
                              whatever per-rank state the caller passes, e.g. an objective's
-                             extra state when it differs between ranks)
+                             extra state when it differs between ranks) +
+                             manifest.json (every other file's name, size and SHA-256; written last)
 
-A checkpoint is first written as ``.partial_<tag>/`` by all ranks; after a barrier rank 0 renames it to
-``<tag>`` and rewrites ``latest``, so a crash mid-save leaves the previous checkpoint in force. Rank 0
-then deletes all but the ``keep_last`` newest complete checkpoints (and leftover partial ones).
+A checkpoint is first written as ``.partial_<tag>/`` by all ranks; after a barrier rank 0 writes the
+manifest, renames the folder to ``<tag>`` and rewrites ``latest``, so a crash mid-save leaves the previous
+checkpoint in force. Rank 0 then deletes all but the ``keep_last`` newest complete checkpoints (and leftover
+partial ones).
+
+Trust. The rank files hold tensors, numbers, strings and containers only (RNG states converted to tensors)
+and are read with ``torch.load(weights_only=True)``: they cannot run code. DeepSpeed reads its own files
+with pickle, so a resume first checks the folder against its manifest and refuses any file that is missing,
+extra, truncated or changed (which also catches files mixed from two runs). A checkpoint folder is trusted
+as the code is: resume only from folders your runs wrote.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import re
 import shutil
@@ -30,6 +40,8 @@ from reidscale.utils.io import atomic_write, atomic_write_text
 
 LATEST = "latest"
 PARTIAL_PREFIX = ".partial_"
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
 TAG_PATTERN = re.compile(r"^step_(\d{8,})$")
 
 
@@ -41,10 +53,23 @@ def step_tag(step: int) -> str:
 
 
 def rng_state() -> dict[str, Any]:
-    """This process's python, numpy, torch CPU and (if any) CUDA RNG states."""
+    """This process's python, numpy, torch CPU and (if any) CUDA RNG states, as tensors, numbers and
+    strings only (what ``torch.load(weights_only=True)`` reads back)."""
+    version, internal, gauss_next = random.getstate()
+    key, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {
+            "version": int(version),
+            "internal": torch.tensor(internal, dtype=torch.int64),
+            "gauss_next": gauss_next,
+        },
+        "numpy": {
+            "key": str(key),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -54,11 +79,114 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what ``rng_state`` returned."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    python, numpy_state = state["python"], state["numpy"]
+    internal = tuple(int(value) for value in python["internal"].tolist())
+    random.setstate((python["version"], internal, python["gauss_next"]))
+    np.random.set_state(
+        (
+            numpy_state["key"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+#: what a rank file may hold: what ``torch.load(weights_only=True)`` reads without running code
+_PLAIN_LEAVES = (torch.Tensor, str, int, float, bool, type(None))
+
+
+def check_plain_state(value: Any, where: str = "state") -> None:
+    """ValueError naming the first entry of ``value`` that is not a tensor, number, string, bool, None or a
+    dict (string keys) / list / tuple of those: rank files must load with ``weights_only=True``."""
+    if isinstance(value, _PLAIN_LEAVES):
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{where} has the key {key!r}: checkpoint state keys must be strings")
+            check_plain_state(item, f"{where}[{key!r}]")
+        return
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            check_plain_state(item, f"{where}[{index}]")
+        return
+    raise ValueError(
+        f"{where} is a {type(value).__name__}: checkpoint state holds tensors, numbers, strings, bools, None "
+        "and dicts / lists / tuples of them only (it is read back without unpickling code)"
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _listed_files(folder: Path) -> list[Path]:
+    """Every file below ``folder`` except the manifest, sorted by relative path."""
+    return sorted(
+        (path for path in folder.rglob("*") if path.is_file() and path.name != MANIFEST),
+        key=lambda path: path.relative_to(folder).as_posix(),
+    )
+
+
+def write_manifest(folder: Path) -> Path:
+    """Write ``folder/manifest.json``: every other file's relative path, size and SHA-256 (atomically)."""
+    files = {
+        path.relative_to(folder).as_posix(): {"size": path.stat().st_size, "sha256": _sha256(path)}
+        for path in _listed_files(folder)
+    }
+    payload = json.dumps({"format": MANIFEST_FORMAT, "files": files}, indent=1, sort_keys=True)
+    return atomic_write_text(folder / MANIFEST, payload + "\n")
+
+
+def manifest_problems(folder: Path) -> list[str]:
+    """What differs between ``folder`` and its manifest (empty when every file is as saved)."""
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        return [f"{folder} has no {MANIFEST} (not written by this version of reidscale, or incomplete)"]
+    try:
+        listed = dict(json.loads(manifest_path.read_text(encoding="utf-8"))["files"])
+    except (ValueError, KeyError, TypeError) as err:
+        return [f"{manifest_path} is not a reidscale checkpoint manifest ({err})"]
+    present = {path.relative_to(folder).as_posix(): path for path in _listed_files(folder)}
+    problems = [f"missing: {name}" for name in sorted(set(listed) - set(present))]
+    problems += [f"not in the manifest: {name}" for name in sorted(set(present) - set(listed))]
+    for name in sorted(set(listed) & set(present)):
+        size, saved = present[name].stat().st_size, listed[name]
+        if size != saved.get("size"):
+            problems.append(f"{name}: {size} bytes, the manifest says {saved.get('size')}")
+        elif _sha256(present[name]) != saved.get("sha256"):
+            problems.append(f"{name}: its SHA-256 differs from the manifest's")
+    return problems
+
+
+def verify_checkpoint(folder: str | Path) -> None:
+    """Check ``folder`` against its manifest before anything in it is loaded (rank 0 hashes; the verdict
+    is shared, so this is a collective under a process group).
+
+    Raises:
+        ValueError: the folder's files differ from what was saved, listing the differences.
+    """
+    folder = Path(folder)
+    problems = manifest_problems(folder) if get_rank() == 0 else []
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        shared = [problems]
+        torch_dist.broadcast_object_list(shared, src=0)
+        problems = shared[0]
+    if problems:
+        listed = "; ".join(problems[:10]) + (f"; ... ({len(problems)} in all)" if len(problems) > 10 else "")
+        raise ValueError(
+            f"refusing to resume from {folder}: its files are not the ones saved there ({listed}). DeepSpeed "
+            "reads a checkpoint with pickle, so only a folder that matches its manifest is loaded"
+        )
 
 
 def _rank_file(checkpoint: Path, rank: int) -> Path:
@@ -103,10 +231,12 @@ def save_checkpoint(
     _barrier()
     engine.save_checkpoint(str(root), tag=partial, client_state=client_state, save_latest=False)
     own = {"rng": rng, "state": rank_state or {}}
+    check_plain_state(own, "rank state")
     atomic_write(_rank_file(root / partial, rank), lambda tmp: torch.save(own, tmp))
     set_rng_state(rng)
     _barrier()
     if rank == 0:
+        write_manifest(root / partial)
         final, replaced = root / tag, root / (PARTIAL_PREFIX + "replaced_" + tag)
         if final.exists():  # the same step saved again: swap the folders, then drop the old one
             final.rename(replaced)
@@ -141,7 +271,8 @@ def resolve_checkpoint(path: str | Path) -> Path | None:
 def load_checkpoint(
     engine: Any, checkpoint: str | Path
 ) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
-    """Load weights and optimizer state into ``engine`` (a collective).
+    """Load weights and optimizer state into ``engine`` (a collective), after checking the folder against its
+    manifest (``verify_checkpoint``).
 
     Returns (rank 0's client_state, this rank's RNG state, this rank's rank_state); the last two are None
     when the checkpoint has no file for this rank (e.g. after a change of world size).
@@ -149,6 +280,7 @@ def load_checkpoint(
     folder = Path(checkpoint)
     if not folder.is_dir():
         raise ValueError(f"checkpoint folder {folder} does not exist")
+    verify_checkpoint(folder)
     load_path, client_state = engine.load_checkpoint(
         str(folder.parent), tag=folder.name, load_optimizer_states=True, load_lr_scheduler_states=False
     )
@@ -157,5 +289,22 @@ def load_checkpoint(
     rank_path = _rank_file(folder, get_rank())
     if not rank_path.is_file():
         return dict(client_state or {}), None, None
-    own = torch.load(rank_path, weights_only=False)
+    own = read_rank_file(rank_path)
     return dict(client_state or {}), own["rng"], own["state"]
+
+
+def read_rank_file(path: Path) -> dict[str, Any]:
+    """A rank file's ``{"rng", "state"}``, read with ``weights_only=True`` (nothing in it can run).
+
+    Raises:
+        ValueError: the file holds anything but plain state, naming the file.
+    """
+    try:
+        own = torch.load(path, weights_only=True)
+    except Exception as err:  # the unpickler refuses any global it does not allow
+        raise ValueError(
+            f"{path} is not a reidscale rank-state file (read without running code): {err}"
+        ) from None
+    if not isinstance(own, dict) or set(own) != {"rng", "state"}:
+        raise ValueError(f"{path} is not a reidscale rank-state file: expected keys 'rng' and 'state'")
+    return own
