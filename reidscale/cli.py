@@ -197,7 +197,7 @@ def cmd_prebuild(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> int:
     from reidscale.jobs.demo import run_demo
 
-    run_demo(args.out, args.data, overrides)
+    run_demo(args.out, args.data, overrides, port=args.port)
     return 0
 
 
@@ -318,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("outputs/demo"), help="run folder (results.json)")
     demo.add_argument(
         "--data", type=Path, default=None, help="synthetic corpus folder (default data/synth_demo)"
+    )
+    demo.add_argument(
+        "--port", type=int, default=None, help="the launcher's rendezvous port (default: a free one)"
     )
     pretrain = sub.add_parser(
         "pretrain", help="unsupervised pre-training (selective contrastive learning) on videos or crops"
