@@ -61,13 +61,18 @@ def cmd_config(args: argparse.Namespace, command_name: str | None, overrides: li
 
 
 def cmd_evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Evaluate a features file; all or nothing: the features are read, the metrics computed and the rank
+    lists drawn in memory before the first file is written, so a failed evaluate leaves the files of an
+    earlier one (results, config, run record, metrics log, PNG) as they were."""
     from reidscale.evaluation.evaluator import (
         evaluate_feature_set,
         format_results_table,
+        rank_list_image,
         results_payload,
-        save_rank_lists,
     )
     from reidscale.evaluation.features import load_feature_file
+    from reidscale.evaluation.visualize import write_png
+    from reidscale.tracking import build_tracker
     from reidscale.tracking.from_config import tracker_from_config
     from reidscale.utils.io import atomic_write_json
 
@@ -79,24 +84,31 @@ def cmd_evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
     features = load_feature_file(args.features)
     output = Path(args.output)
     stem = output.with_suffix("")
+    # the progress bar only: the full tracker appends to the metrics log, so it starts once all is computed
+    display_backends = [name for name in config.tracking.backends if name == "console"]
+    with build_tracker(
+        display_backends, output.parent, config.run.name, show_progress=config.tracking.progress
+    ) as display:
+        metrics = evaluate_feature_set(features, config.eval, progress=display.progress)
+    rank_lists = rank_list_image(features, config.eval) if config.eval.num_visualize > 0 else None
+    payload = results_payload(metrics, config.eval)
+    print(
+        f"{features.num_query} queries x {features.num_gallery} gallery, metric={config.eval.metric}"
+        f"{', re-ranked' if config.eval.rerank.enabled else ''}"
+    )
+    print(format_results_table(metrics))
+    atomic_write_json(output, payload)
     write_run_record(stem, config)
+    print(f"results written to {output}")
+    png = None if rank_lists is None else write_png(output.parent / f"{stem.name}.ranklist.png", rank_lists)
     tracker = tracker_from_config(
         config, output.parent, output.parent / f"{stem.name}.metrics.jsonl", {"features": str(args.features)}
     )
     with tracker:
-        metrics = evaluate_feature_set(features, config.eval, progress=tracker.progress)
-        print(
-            f"{features.num_query} queries x {features.num_gallery} gallery, metric={config.eval.metric}"
-            f"{', re-ranked' if config.eval.rerank.enabled else ''}"
-        )
-        print(format_results_table(metrics))
-        atomic_write_json(output, results_payload(metrics, config.eval))
-        print(f"results written to {output}")
         summary = {"eval/mAP": metrics.mAP, "eval/mINP": metrics.mINP}
         summary.update({f"eval/R{r}": metrics.cmc[r - 1] for r in (1, 5, 10) if r <= len(metrics.cmc)})
         tracker.log(summary, step=0)
-        if config.eval.num_visualize > 0:
-            png = save_rank_lists(features, config.eval, output.parent / f"{stem.name}.ranklist.png")
+        if png is not None:
             tracker.log_image("eval/rank_list", png, step=0)
             print(f"rank lists drawn to {png}")
     return 0
@@ -185,7 +197,7 @@ def cmd_prebuild(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> int:
     from reidscale.jobs.demo import run_demo
 
-    run_demo(args.out, args.data, overrides)
+    run_demo(args.out, args.data, overrides, port=args.port)
     return 0
 
 
@@ -306,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("outputs/demo"), help="run folder (results.json)")
     demo.add_argument(
         "--data", type=Path, default=None, help="synthetic corpus folder (default data/synth_demo)"
+    )
+    demo.add_argument(
+        "--port", type=int, default=None, help="the launcher's rendezvous port (default: a free one)"
     )
     pretrain = sub.add_parser(
         "pretrain", help="unsupervised pre-training (selective contrastive learning) on videos or crops"

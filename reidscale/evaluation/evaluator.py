@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from reidscale.evaluation.config import EvalConfig
 from reidscale.evaluation.features import FeatureSet
 from reidscale.evaluation.metrics import RankMetricAccumulator, RankMetrics, query_chunk_size
 from reidscale.evaluation.rerank import rerank_distance_chunks
-from reidscale.evaluation.visualize import save_rank_list_grid
+from reidscale.evaluation.visualize import png_path, render_rank_list_grid, write_png
 from reidscale.neighbours.distance import distance_chunks, l2_normalize
 
 TABLE_RANKS: tuple[int, ...] = (1, 5, 10)
@@ -132,8 +133,9 @@ def format_results_table(metrics: RankMetrics) -> str:
     return "\n".join([row(header), rule, row(values)])
 
 
-def save_rank_lists(features: FeatureSet, config: EvalConfig, output_png: Path) -> Path:
-    """Draw the top-10 gallery results of ``config.num_visualize`` queries spread over the query set."""
+def rank_list_image(features: FeatureSet, config: EvalConfig) -> Image.Image:
+    """The rank-list grid (in memory) of ``config.num_visualize`` queries spread over the query set, each with
+    its top-10 gallery results; reads every image it draws, so a missing file fails here."""
     if features.query_paths is None or features.gallery_paths is None:
         raise ValueError(
             "eval.num_visualize > 0 needs 'query_paths' and 'gallery_paths' in the features file"
@@ -152,8 +154,7 @@ def save_rank_lists(features: FeatureSet, config: EvalConfig, output_png: Path) 
         rows = torch.cat([d.cpu() for _, d in iter_query_distances(features, config)])[chosen]
     else:
         rows = torch.cat([d.cpu() for _, d in iter_query_distances(subset, config)])
-    return save_rank_list_grid(
-        output_png,
+    return render_rank_list_grid(
         [features.query_paths[i] for i in chosen],
         features.gallery_paths,
         rows,
@@ -163,3 +164,9 @@ def save_rank_lists(features: FeatureSet, config: EvalConfig, output_png: Path) 
         features.gallery_pids,
         features.gallery_camids,
     )
+
+
+def save_rank_lists(features: FeatureSet, config: EvalConfig, output_png: Path) -> Path:
+    """Write ``rank_list_image(features, config)`` to ``output_png`` atomically and return the path."""
+    output_png = png_path(output_png)
+    return write_png(output_png, rank_list_image(features, config))

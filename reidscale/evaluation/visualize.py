@@ -91,8 +91,20 @@ def _render_cell(
     return cell
 
 
+def png_path(output_png: str | Path) -> Path:
+    """``output_png`` as a Path after checking it names a ``.png`` file."""
+    path = Path(output_png)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"output_png must end in .png, got {path}")
+    return path
+
+
+def write_png(output_png: str | Path, image: Image.Image) -> Path:
+    """Write ``image`` to ``output_png`` (a ``.png`` path) atomically and return the path."""
+    return atomic_write(png_path(output_png), lambda tmp: image.save(tmp, format="PNG"))
+
+
 def _check_grid_inputs(
-    output_png: Path,
     query_paths: Sequence[str],
     gallery_paths: Sequence[str],
     distmat_rows: Tensor,
@@ -101,8 +113,6 @@ def _check_grid_inputs(
     gallery_labels: tuple[Tensor, Tensor],
     cell_size: tuple[int, int],
 ) -> None:
-    if output_png.suffix.lower() != ".png":
-        raise ValueError(f"output_png must end in .png, got {output_png}")
     if not isinstance(distmat_rows, Tensor) or distmat_rows.dim() != 2:
         raise ValueError("distmat_rows must be a 2-D tensor [n, G]")
     if distmat_rows.shape[0] != len(query_indices):
@@ -129,8 +139,7 @@ def _check_grid_inputs(
         )
 
 
-def save_rank_list_grid(
-    output_png: str | Path,
+def render_rank_list_grid(
     query_paths: Sequence[str],
     gallery_paths: Sequence[str],
     distmat_rows: Tensor,
@@ -141,14 +150,13 @@ def save_rank_list_grid(
     gallery_camids: Tensor | np.ndarray | Sequence[int],
     topk: int = 10,
     cell_size: tuple[int, int] = (128, 64),
-) -> Path:
-    """Write a rank-list grid PNG atomically and return its path.
+) -> Image.Image:
+    """The rank-list grid as an RGB image, in memory (every image file is read here).
 
     distmat_rows: [n, G], row r holding the distances of query ``query_indices[r]`` (an index into
     query_paths / query_pids / query_camids) to every gallery item. The image is n rows × (topk + 1)
     cells of ``cell_size`` = (height, width) pixels; cells left without a gallery match stay white.
     """
-    output_png = Path(output_png)
     if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
         raise ValueError(f"topk must be an integer >= 1, got {topk!r}")
     query_labels = (_as_int_tensor(query_pids, "query_pids"), _as_int_tensor(query_camids, "query_camids"))
@@ -157,7 +165,6 @@ def save_rank_list_grid(
         _as_int_tensor(gallery_camids, "gallery_camids"),
     )
     _check_grid_inputs(
-        output_png,
         query_paths,
         gallery_paths,
         distmat_rows,
@@ -182,4 +189,35 @@ def save_rank_list_grid(
             caption = f"{rank}: {float(distances[row, gallery_index]):.3f}"
             cell = _render_cell(gallery_paths[gallery_index], colour, caption, (height, width))
             canvas.paste(cell, (rank * width, top))
-    return atomic_write(output_png, lambda tmp: canvas.save(tmp, format="PNG"))
+    return canvas
+
+
+def save_rank_list_grid(
+    output_png: str | Path,
+    query_paths: Sequence[str],
+    gallery_paths: Sequence[str],
+    distmat_rows: Tensor,
+    query_indices: Sequence[int],
+    query_pids: Tensor | np.ndarray | Sequence[int],
+    query_camids: Tensor | np.ndarray | Sequence[int],
+    gallery_pids: Tensor | np.ndarray | Sequence[int],
+    gallery_camids: Tensor | np.ndarray | Sequence[int],
+    topk: int = 10,
+    cell_size: tuple[int, int] = (128, 64),
+) -> Path:
+    """Write the grid of ``render_rank_list_grid`` (same arguments) to ``output_png`` atomically and return
+    its path; nothing is written when an argument is wrong or an image cannot be read."""
+    output_png = png_path(output_png)
+    image = render_rank_list_grid(
+        query_paths,
+        gallery_paths,
+        distmat_rows,
+        query_indices,
+        query_pids,
+        query_camids,
+        gallery_pids,
+        gallery_camids,
+        topk=topk,
+        cell_size=cell_size,
+    )
+    return write_png(output_png, image)

@@ -2,9 +2,9 @@
 
 1. builds the ``demo`` synthetic corpus (videos + tracklets + a Market-format folder) unless it exists;
 2. launches ``reidscale pretrain --config configs/scl_demo.yaml`` under the ``deepspeed`` launcher with
-   2 ranks (CPU, gloo) — or one rank per GPU, at most 2, when CUDA is available — which decodes the
-   tracklet crops, trains selective contrastive learning on them and evaluates the model on the held-out
-   synthetic query/gallery before and after;
+   2 ranks (CPU, gloo) — or one rank per GPU, at most 2, when CUDA is available — rendezvousing on a
+   free port (or ``--port``), which decodes the tracklet crops, trains selective contrastive learning on
+   them and evaluates the model on the held-out synthetic query/gallery before and after;
 3. prints the before/after table (mAP, R1, mINP) from ``<out>/results.json``, the rank-list PNG and where
    the offline wandb run is.
 """
@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from reidscale.evaluation.evaluator import resolve_device
+from reidscale.utils.ports import check_port, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "configs" / "scl_demo.yaml"
@@ -86,10 +87,13 @@ def wandb_run_dir(run_dir: Path) -> Path | None:
     return runs[-1] if runs else None
 
 
-def run_demo(out_dir: Path, data_dir: Path | None, overrides: list[str], port: int = 29561) -> dict:
+def run_demo(out_dir: Path, data_dir: Path | None, overrides: list[str], port: int | None = None) -> dict:
     """Steps 1–3 of the module docstring (``data_dir`` None: ``data/synth_demo``); returns results.json's
-    content."""
+    content. ``port``: the launcher's rendezvous port; None takes one free on this machine when launching,
+    so two demos can run side by side."""
     data_dir = DEMO_DATA if data_dir is None else data_dir
+    if port is not None:
+        check_port(port, "port")
     started = time.monotonic()
     print(f"[demo] device: {resolve_device('auto')}, ranks: {demo_ranks()}")
     if build_demo_corpus(data_dir):
@@ -105,7 +109,7 @@ def run_demo(out_dir: Path, data_dir: Path | None, overrides: list[str], port: i
     ]
     env = dict(os.environ)
     env.setdefault("WANDB_MODE", "offline")
-    command = launch_command(demo_ranks(), DEMO_CONFIG, settings, port)
+    command = launch_command(demo_ranks(), DEMO_CONFIG, settings, free_port() if port is None else port)
     print("[demo] " + " ".join(command))
     subprocess.run(command, check=True, env=env)
     results = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))

@@ -15,7 +15,9 @@ from reidscale.evaluation.visualize import (
     EMPTY_COLOUR,
     WRONG_COLOUR,
     ranked_gallery,
+    render_rank_list_grid,
     save_rank_list_grid,
+    write_png,
 )
 
 CELL_HEIGHT, CELL_WIDTH = 48, 32
@@ -161,3 +163,25 @@ def test_bad_arguments_raise(tmp_path: Path, field: str, value, message: str) ->
     arguments[field] = value
     with pytest.raises(ValueError, match=message):
         save_rank_list_grid(**arguments)
+
+
+def test_render_draws_in_memory_and_write_png_saves_those_pixels(tmp_path: Path) -> None:
+    arguments = grid_arguments(tmp_path)
+    output_png = arguments.pop("output_png")
+    before = sorted(tmp_path.iterdir())
+    grid = render_rank_list_grid(**arguments)
+    assert sorted(tmp_path.iterdir()) == before  # rendering writes nothing
+    assert grid.size == (4 * CELL_WIDTH, CELL_HEIGHT)
+    inside = BORDER_WIDTH + 2
+    for rank, (gallery_index, correct) in enumerate(
+        zip(EXPECTED_ORDER[:3], EXPECTED_CORRECT[:3], strict=True), start=1
+    ):
+        assert pixel(grid, 0, rank, 0, 0) == (CORRECT_COLOUR if correct else WRONG_COLOUR)
+        assert pixel(grid, 0, rank, inside, inside) == GALLERY_COLOURS[gallery_index]
+    assert write_png(output_png, grid) == output_png
+    with Image.open(output_png) as saved:
+        assert saved.format == "PNG"
+        assert np.array_equal(np.asarray(saved.convert("RGB")), np.asarray(grid))
+    with pytest.raises(ValueError, match=r"output_png must end in \.png"):
+        write_png(tmp_path / "grid.jpg", grid)
+    assert not (tmp_path / "grid.jpg").exists()

@@ -145,3 +145,59 @@ def test_evaluate_errors_name_the_problem(tmp_path: Path, capsys) -> None:
     assert "did you mean 'eval.metric'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["evaluate", "--features", str(feats_file), "--output", "r.json", "--bogus"])
+
+
+def features_with_images(folder: Path, num_ids: int = 6) -> FeatureSet:
+    """clustered_features with a small PNG written for every query and gallery item."""
+    features = clustered_features(num_ids=num_ids)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, count in (("query", features.num_query), ("gallery", features.num_gallery)):
+        paths = []
+        for i in range(count):
+            path = folder / f"{split}_{i}.png"
+            Image.new("RGB", (32, 64), (i * 7 % 255, 90, 160)).save(path)
+            paths.append(str(path))
+        setattr(features, f"{split}_paths", paths)
+    return features
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file below ``folder`` (relative name → content), hidden temporary files included."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+def test_failed_evaluate_leaves_earlier_files_byte_identical(tmp_path: Path, capsys) -> None:
+    good = save_feature_file(tmp_path / "good.pt", features_with_images(tmp_path / "images"))
+    out = tmp_path / "out" / "results.json"
+    assert main(["evaluate", "--features", str(good), "--output", str(out), "--visualize", "3"]) == 0
+    before = folder_bytes(out.parent)
+    assert set(before) == {
+        "results.json",
+        "results.config.yaml",
+        "results.run.json",
+        "results.metrics.jsonl",
+        "results.ranklist.png",
+    }
+    capsys.readouterr()
+
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    no_paths = save_feature_file(tmp_path / "no_paths.pt", clustered_features(seed=1))
+    missing_images = features_with_images(tmp_path / "gone")
+    missing_images.gallery_paths = [
+        str(tmp_path / "gone" / f"missing_{i}.png") for i in range(missing_images.num_gallery)
+    ]
+    missing = save_feature_file(tmp_path / "missing.pt", missing_images)
+    failures = [
+        (corrupt, ["--visualize", "3"], f"feature file {corrupt} could not be read"),
+        (no_paths, ["--visualize", "3"], "needs 'query_paths' and 'gallery_paths'"),
+        (missing, ["--visualize", "3"], "image file not found: " + str(tmp_path / "gone" / "missing_")),
+        (good, ["--visualize", "3", "--eval.max_rank", "0"], "max_rank"),
+    ]
+    for features_file, extra, message in failures:
+        code = main(["evaluate", "--features", str(features_file), "--output", str(out), *extra])
+        captured = capsys.readouterr()
+        assert code == 2, (features_file, extra)
+        assert message in captured.err
+        assert "results written" not in captured.out
+        assert folder_bytes(out.parent) == before, (features_file, extra)

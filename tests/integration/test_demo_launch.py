@@ -1,0 +1,74 @@
+"""`reidscale demo` launches DeepSpeed on a free port unless --port names one (the launch itself is faked:
+the real demo takes minutes)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import reidscale.jobs.demo as demo
+from reidscale.cli import main
+
+LAUNCHER_MISSING = (
+    shutil.which("deepspeed", path=str(Path(sys.executable).parent)) or shutil.which("deepspeed")
+) is None
+
+
+@pytest.fixture
+def launched(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[list[str]]:
+    """The commands the demo launches; each fake launch writes the results.json the demo reads back."""
+    commands: list[list[str]] = []
+
+    def fake_run(command: list[str], check: bool, env: dict) -> subprocess.CompletedProcess:
+        commands.append(list(command))
+        results = {"steps": 3, "before": {"mAP": 0.1, "R1": 0.2, "mINP": 0.05}, "after": {"mAP": 0.3}}
+        (tmp_path / "out").mkdir(exist_ok=True)
+        (tmp_path / "out" / "results.json").write_text(json.dumps(results), encoding="utf-8")
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(demo, "build_demo_corpus", lambda data_dir: False)
+    monkeypatch.setattr(demo.subprocess, "run", fake_run)
+    return commands
+
+
+def master_port(command: list[str]) -> int:
+    return int(command[command.index("--master_port") + 1])
+
+
+def demo_argv(tmp_path: Path, *extra: str) -> list[str]:
+    return ["demo", "--out", str(tmp_path / "out"), "--data", str(tmp_path / "data"), *extra]
+
+
+@pytest.mark.skipif(LAUNCHER_MISSING, reason="the deepspeed launcher is not installed")
+def test_demo_launches_on_the_port_given(tmp_path: Path, launched: list[list[str]]) -> None:
+    assert main(demo_argv(tmp_path, "--port", "34567")) == 0
+    assert [master_port(command) for command in launched] == [34567]
+
+
+@pytest.mark.skipif(LAUNCHER_MISSING, reason="the deepspeed launcher is not installed")
+def test_demo_takes_a_free_port_by_default(
+    tmp_path: Path, launched: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chosen: list[int] = []
+    real_free_port = demo.free_port
+
+    def recording_free_port() -> int:
+        chosen.append(real_free_port())
+        return chosen[-1]
+
+    monkeypatch.setattr(demo, "free_port", recording_free_port)
+    assert main(demo_argv(tmp_path)) == 0
+    assert len(chosen) == 1 and [master_port(command) for command in launched] == chosen
+
+
+def test_demo_refuses_a_bad_port_before_building_anything(
+    tmp_path: Path, launched: list[list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(demo_argv(tmp_path, "--port", "70000")) == 2
+    assert "port must be an integer TCP port in 1..65535, got 70000" in capsys.readouterr().err
+    assert launched == []
