@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -91,6 +90,7 @@ from reidscale.objectives.selective import banks as banks_module  # noqa: E402
 from reidscale.objectives.selective.banks import Anchors, SelectiveBanks  # noqa: E402
 from reidscale.objectives.selective.config import SelectiveConfig  # noqa: E402
 from reidscale.utils.io import atomic_write  # noqa: E402
+from reidscale.utils.ports import free_port  # noqa: E402
 
 SEED = 0
 MARKET_ROWS = 12_936  # Market-1501 training images (the "13k" bank of the benchmark shapes)
@@ -514,12 +514,6 @@ def rank_main(rank: int, spec: Spec, port: int, out_dir: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------- launch
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def launch(spec: Spec, timeout_s: float) -> list[dict[str, Any]] | str:
     """Run ``spec`` in ``world_size`` fresh spawned processes: every rank's result, or why it failed."""
     with tempfile.TemporaryDirectory(prefix="bench_scl_") as tmp:
