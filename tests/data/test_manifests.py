@@ -6,6 +6,7 @@ Expected records are worked out by hand from the inputs written in each test.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -15,8 +16,10 @@ from PIL import Image
 
 from reidscale.data.manifests import (
     MANIFEST_KINDS,
+    CorpusRoot,
     GroundTruthSegment,
     ManifestError,
+    PathOutsideCorpusError,
     check_files_exist,
     format_skip_report,
     identity_at,
@@ -304,7 +307,7 @@ def test_cion_json_paths_ids_and_forms(tmp_path: Path) -> None:
     entries = [
         {"file_path": "b/2.jpg", "id": 105},
         {"file_path": "a/1.jpg", "id": "7", "camera": 3},
-        {"file_path": str(tmp_path / "abs/9.jpg"), "id": 105, "video": "v9"},
+        {"file_path": str(tmp_path / "lists/abs/9.jpg"), "id": 105, "video": "v9"},
         {"file_path": "c/3.jpg", "id": 12},
     ]
     list_path = tmp_path / "lists/cion.json"
@@ -315,12 +318,14 @@ def test_cion_json_paths_ids_and_forms(tmp_path: Path) -> None:
     expected = [
         CropRecord(str(tmp_path / "lists/a/1.jpg"), -1, WHOLE_IMAGE, 0, 3),
         CropRecord(str(tmp_path / "lists/c/3.jpg"), -1, WHOLE_IMAGE, 1),
-        CropRecord(str(tmp_path / "abs/9.jpg"), -1, WHOLE_IMAGE, 2, -1, "v9"),
+        CropRecord(str(tmp_path / "lists/abs/9.jpg"), -1, WHOLE_IMAGE, 2, -1, "v9"),
         CropRecord(str(tmp_path / "lists/b/2.jpg"), -1, WHOLE_IMAGE, 2),
     ]
     assert manifest.records == expected and manifest.skipped == {}
     list_path.write_text(json.dumps({"meta": 1, "images": entries}))
-    rooted = read_cion_json(list_path, image_root=tmp_path / "img")
+    # under image_root img/ the absolute lists/abs/9.jpg leaves the corpus root: skipped and counted.
+    rooted = read_cion_json(list_path, image_root=tmp_path / "img", strict=False)
+    assert rooted.skipped == {"path_outside": 1}
     assert [r.source for r in rooted.records][:2] == [
         str(tmp_path / "img/a/1.jpg"),
         str(tmp_path / "img/c/3.jpg"),
@@ -457,3 +462,168 @@ def test_reads_a_tiny_synthetic_corpus_without_loss(tmp_path: Path) -> None:
         video, track_id = keys[record.tracklet]
         assert record.video == video and record.camera == int(video[3:5])
         assert identity_at(truth, video, track_id, record.frame) is not None
+
+
+# --- containment: every file a manifest names stays inside its corpus root ---------------------------------
+
+ESCAPES = {
+    "dotdot": "nested/../../outside/x.jpg",
+    "absolute": "<outside>/x.jpg",
+    "home": "~/x.jpg",
+    "symlink_file": "leak.jpg",
+    "symlink_folder": "leak_dir/x.jpg",
+}
+
+
+@pytest.fixture
+def contained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """tmp_path/corpus with nested/deep/1.jpg, an inside symlink inner.jpg → it, and links leaving the corpus
+    (leak.jpg → outside/x.jpg, leak_dir → outside/); HOME is tmp_path/home, outside the corpus too."""
+    corpus = tmp_path / "corpus"
+    write_jpeg(corpus / "nested/deep/1.jpg")
+    (corpus / "inner.jpg").symlink_to(corpus / "nested/deep/1.jpg")
+    write_jpeg(tmp_path / "outside/x.jpg")
+    write_jpeg(tmp_path / "home/x.jpg")
+    (corpus / "leak.jpg").symlink_to(tmp_path / "outside/x.jpg")
+    (corpus / "leak_dir").symlink_to(tmp_path / "outside", target_is_directory=True)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return corpus
+
+
+def escape_entry(kind: str, corpus: Path) -> str:
+    return ESCAPES[kind].replace("<outside>", str(corpus.parent / "outside"))
+
+
+def outside_complaint(where: str, entry: str) -> str:
+    return rf"{re.escape(where)}: file path {re.escape(repr(entry))} (leaves|resolves through a symlink to)"
+
+
+@pytest.mark.parametrize("kind", sorted(ESCAPES))
+def test_cion_json_entry_leaving_the_corpus(contained: Path, kind: str) -> None:
+    bad = escape_entry(kind, contained)
+    path = contained / "list.json"
+    entries = [{"file_path": "nested/deep/1.jpg", "id": 1}, {"file_path": bad, "id": 2}]
+    path.write_text(json.dumps([*entries, {"file_path": "inner.jpg", "id": 3}]))
+    with pytest.raises(ManifestError, match=outside_complaint(f"{path}: entry 1 key 'file_path'", bad)):
+        read_cion_json(path)
+    manifest = read_cion_json(path, strict=False)
+    assert manifest.skipped == {"path_outside": 1}
+    # the inside symlink keeps its own name; nothing is resolved in the recorded sources.
+    assert [r.source for r in manifest.records] == [
+        str(contained / "nested/deep/1.jpg"),
+        str(contained / "inner.jpg"),
+    ]
+
+
+@pytest.mark.parametrize("kind", sorted(ESCAPES))
+def test_saved_manifest_record_leaving_the_corpus(contained: Path, tmp_path: Path, kind: str) -> None:
+    bad = escape_entry(kind, contained)
+    sources = [str(contained / "nested/deep/1.jpg"), bad, str(contained / "inner.jpg")]
+    records = [CropRecord(source, -1, WHOLE_IMAGE, pid) for pid, source in enumerate(sources)]
+    saved = save_manifest(Manifest("m", records), tmp_path / "cache/m.json", corpus_root=contained)
+    with pytest.raises(ManifestError, match=outside_complaint(f"{saved}: record 1", bad)):
+        read_saved_manifest(saved)
+    manifest = load_manifest("saved", saved, strict=False)
+    assert manifest.skipped == {"path_outside": 1}
+    assert manifest.records == [records[0], records[2]]
+
+
+def test_saved_manifest_corpus_root(contained: Path, tmp_path: Path) -> None:
+    records = [CropRecord(str(contained / "nested/deep/1.jpg"), -1, WHOLE_IMAGE, 0)]
+    records.append(CropRecord(str(contained / "inner.jpg"), -1, WHOLE_IMAGE, 1))
+    saved = save_manifest(Manifest("m", records), tmp_path / "m.json")
+    # by default the deepest folder holding every source is recorded as the root.
+    assert json.loads(saved.read_text())["corpus_root"] == str(contained)
+    assert read_saved_manifest(saved).records == records
+    # an explicit root wins over the recorded one: nested/ does not hold inner.jpg.
+    with pytest.raises(ManifestError, match=r"record 1: file path '.*inner\.jpg' leaves the corpus root"):
+        read_saved_manifest(saved, contained / "nested")
+    # relative sources are joined to the root.
+    relative = json.loads(saved.read_text())
+    relative["records"][0][0] = "nested/deep/1.jpg"
+    saved.write_text(json.dumps(relative))
+    assert read_saved_manifest(saved).records == records
+    del relative["corpus_root"]
+    saved.write_text(json.dumps(relative))
+    with pytest.raises(ManifestError, match=r"m\.json: records no corpus_root .* pass corpus_root="):
+        read_saved_manifest(saved)
+    assert read_saved_manifest(saved, contained).records == records
+
+
+@pytest.mark.parametrize("linked", ["video", "tracklets"])
+def test_video_tracklets_symlink_leaving_the_corpus(
+    corpus: Path, tmp_path_factory: pytest.TempPathFactory, linked: str
+) -> None:
+    outside = tmp_path_factory.mktemp("outside")
+    moved = {"video": "videos/street.avi", "tracklets": "tracklets/street.txt"}[linked]
+    (corpus / moved).rename(outside / Path(moved).name)
+    (corpus / moved).symlink_to(outside / Path(moved).name)
+    with pytest.raises(ManifestError, match=outside_complaint(str(corpus), str(corpus / moved))):
+        read_video_tracklets(corpus)
+    manifest = read_video_tracklets(corpus, strict=False)
+    assert manifest.skipped == {"path_outside": 1, "box_clipped": 1}
+    assert {r.video for r in manifest.records} == {"cam00_v000", "cam01_v001"}
+
+
+def test_video_tracklets_symlink_inside_the_corpus(corpus: Path) -> None:
+    (corpus / "store").mkdir()
+    (corpus / "videos/street.avi").rename(corpus / "store/street.avi")
+    (corpus / "videos/street.avi").symlink_to(Path("../store/street.avi"))
+    manifest = read_video_tracklets(corpus)
+    assert manifest.skipped == {"box_clipped": 1}
+    assert [r.source for r in manifest.records if r.video == "street"] == [str(corpus / "videos/street.avi")]
+
+
+def test_luperson_nl_symlinks(tmp_path: Path) -> None:
+    root = tmp_path / "corpus"
+    write_jpeg(root / "vid_a/1_1_0.jpg")
+    (root / "vid_a/1_2_0.jpg").symlink_to(root / "vid_a/1_1_0.jpg")  # inside: kept
+    write_jpeg(tmp_path / "outside/vid_x/5_1_0.jpg")
+    (root / "vid_a/2_1_0.jpg").symlink_to(tmp_path / "outside/vid_x/5_1_0.jpg")
+    with pytest.raises(ManifestError, match=outside_complaint(str(root), str(root / "vid_a/2_1_0.jpg"))):
+        read_luperson_nl(root)
+    (root / "vid_x").symlink_to(tmp_path / "outside/vid_x", target_is_directory=True)
+    manifest = read_luperson_nl(root, strict=False)
+    assert manifest.skipped == {"path_outside": 2}
+    assert [Path(r.source).name for r in manifest.records] == ["1_1_0.jpg", "1_2_0.jpg"]
+
+
+def test_market_symlink_leaving_the_corpus(tmp_path: Path) -> None:
+    root = make_market(tmp_path / "market")
+    inside = root / "bounding_box_train/0015_c6s4_002202_01.jpg"
+    inside.rename(root / "0015.jpg")
+    inside.symlink_to(root / "0015.jpg")  # inside the root: kept under its own name
+    assert str(inside) in [r.source for r in read_market_manifest(root).records]
+    outside = write_jpeg(tmp_path / "elsewhere/0002_c2s1_000301_00.jpg")
+    (root / "query/0002_c2s1_000301_00.jpg").unlink()
+    (root / "query/0002_c2s1_000301_00.jpg").symlink_to(outside)
+    with pytest.raises(ManifestError, match=r"market query split of .*market: file path .* resolves through"):
+        read_market_manifest(root, "query")
+
+
+def test_corpus_root_resolves_like_path_resolve(contained: Path) -> None:
+    """CorpusRoot caches each folder's resolution; the paths it accepts and rejects match Path.resolve()."""
+    root = CorpusRoot(contained)
+    (contained / "chain.jpg").symlink_to(contained / "leak.jpg")  # a link to a link out
+    (contained / "up").symlink_to(contained / "nested/deep", target_is_directory=True)
+    names = [
+        "nested/deep/1.jpg",
+        "inner.jpg",
+        "leak.jpg",
+        "leak_dir/x.jpg",
+        "chain.jpg",
+        "up/1.jpg",
+        "up/../x",
+    ]
+    for name in names:
+        truth = (contained / name).resolve().is_relative_to(contained.resolve())
+        lexical = Path(os.path.normpath(contained / name)).is_relative_to(contained)
+        try:
+            got = root.entry_path(name)
+        except PathOutsideCorpusError:
+            assert not (truth and lexical), name
+        else:
+            assert truth and lexical and got == os.path.normpath(contained / name), name
+    assert root.entry_path("nested/../inner.jpg") == str(contained / "inner.jpg")
+    with pytest.raises(PathOutsideCorpusError, match=r"file path '\.\.' leaves the corpus root .*\(as "):
+        root.entry_path("..")

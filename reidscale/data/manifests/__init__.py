@@ -9,7 +9,8 @@
 - "saved":           a manifest written by ``save_manifest`` (``read_saved_manifest``)
 
 Readers are strict by default and skip-and-count with ``strict=False`` (common.py explains the policy);
-``format_skip_report`` gives the end-of-job counts.
+``format_skip_report`` gives the end-of-job counts. Every file a manifest names must stay inside its corpus
+root (``CorpusRoot``): an entry leaving it by ``..``, an absolute path, ``~`` or a symlink is "path_outside".
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from reidscale.utils.registry import ReaderRegistry
 from ..records import Manifest
 from .common import (
     SKIP_REASONS,
+    CorpusRoot,
     ManifestError,
+    PathOutsideCorpusError,
     check_files_exist,
     format_skip_report,
     read_saved_manifest,
@@ -59,9 +62,11 @@ __all__ = [
     "MANIFEST_KINDS",
     "SKIP_REASONS",
     "VIDEO_EXTENSIONS",
+    "CorpusRoot",
     "GroundTruth",
     "GroundTruthSegment",
     "ManifestError",
+    "PathOutsideCorpusError",
     "camera_of",
     "check_files_exist",
     "format_skip_report",

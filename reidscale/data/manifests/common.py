@@ -5,10 +5,15 @@ ManifestError naming the file (and line or entry) and what was expected: right f
 where a bad line is a bug to fix. A long job passes ``strict=False``: corrupt items are skipped and counted
 by reason in ``Manifest.skipped`` and ``format_skip_report`` prints the counts at the end. Repairs that keep
 the item (a box clipped to the frame) and data-quality filters (tiny boxes) are counted in both modes.
+
+Containment: every file a manifest names must lie inside its corpus root (``CorpusRoot``), both by name
+(after ``~`` expansion and ``..`` collapsing) and after following symlinks; an entry that leaves the root is
+corrupt ("path_outside"), so a manifest cannot make a job read ``/etc/passwd`` or a stranger's files.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -35,6 +40,7 @@ SKIP_REASONS: dict[str, str] = {
     "misplaced_image": "images outside a video folder",
     "bad_entry": "JSON entries without a usable file path or id",
     "duplicate_path": "JSON entries repeating an earlier file path",
+    "path_outside": "entries whose file path leaves the corpus root (.., absolute, ~ or a symlink)",
 }
 KEPT_REASONS: frozenset[str] = frozenset({"box_clipped"})
 
@@ -71,6 +77,70 @@ def absolute_path(path: str | os.PathLike) -> Path:
     return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
 
 
+class PathOutsideCorpusError(ManifestError):
+    """A manifest entry whose file path leaves its corpus root; the message names the path and the root."""
+
+
+class CorpusRoot:
+    """The folder every file of a manifest must stay inside.
+
+    ``path`` is the root made absolute (``~`` expanded, not resolved); ``resolved`` is ``path.resolve()``.
+    A file is inside when its normalised path is under ``path`` and its ``resolve()``d path (symlinks
+    followed, the containing folders' resolutions cached) is under ``resolved``.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.path = absolute_path(root)
+        self.resolved = self.path.resolve()
+        self._resolved_folders: dict[str, Path] = {}
+
+    def entry_path(self, entry: str | os.PathLike) -> str:
+        """The absolute, normalised path of manifest ``entry`` (relative to the root, absolute, or starting
+        with ``~``, which is expanded); PathOutsideCorpusError naming ``entry`` when it leaves the root."""
+        expanded = os.path.expanduser(os.fspath(entry))
+        normalized = os.path.normpath(os.path.join(self.path, expanded))
+        self._require_inside(repr(os.fspath(entry)), normalized)
+        return normalized
+
+    def require_inside(self, path: str | os.PathLike) -> None:
+        """PathOutsideCorpusError naming ``path`` (absolute or relative to the root) when it leaves it."""
+        normalized = os.path.normpath(os.path.join(self.path, os.fspath(path)))
+        self._require_inside(repr(os.fspath(path)), normalized)
+
+    def _require_inside(self, shown: str, normalized: str) -> None:
+        if not Path(normalized).is_relative_to(self.path):
+            named_as = "" if shown == repr(normalized) else f" (as {normalized})"
+            raise PathOutsideCorpusError(f"file path {shown} leaves the corpus root {self.path}{named_as}")
+        resolved = self._resolve(normalized)
+        if not resolved.is_relative_to(self.resolved):
+            raise PathOutsideCorpusError(
+                f"file path {shown} resolves through a symlink to {resolved}, outside the corpus root "
+                f"{self.resolved}"
+            )
+
+    def _resolve(self, normalized: str) -> Path:
+        """``Path(normalized).resolve()`` for an absolute normalised path, resolving each folder once."""
+        folder, name = os.path.split(normalized)
+        resolved_folder = self._resolved_folders.get(folder)
+        if resolved_folder is None:
+            resolved_folder = self._resolved_folders[folder] = Path(folder).resolve()
+        candidate = resolved_folder / name
+        return candidate.resolve() if candidate.is_symlink() else candidate
+
+
+def inside_corpus(
+    corpus: CorpusRoot, entry: str | os.PathLike, policy: IssuePolicy, where: str
+) -> str | None:
+    """``corpus.entry_path(entry)``, or None when the entry leaves the corpus: then ``policy.corrupt`` raises
+    ManifestError("<where>: file path ... leaves the corpus root ...") in strict mode or counts
+    "path_outside". ``where`` names the manifest file and the entry (or the listed folder)."""
+    try:
+        return corpus.entry_path(entry)
+    except PathOutsideCorpusError as err:
+        policy.corrupt("path_outside", f"{where}: {err}")
+        return None
+
+
 def format_skip_report(manifest: Manifest) -> str:
     """The end-of-job summary: records, identities and every skip / repair count with what it means."""
     lines = [f"manifest {manifest.name}: {len(manifest):,} records, {manifest.num_pids:,} identities"]
@@ -99,16 +169,26 @@ def check_files_exist(manifest: Manifest, sample: int | None = None, seed: int =
     return [source for source in sources if not os.path.isfile(source)]
 
 
-def save_manifest(manifest: Manifest, path: str | os.PathLike) -> Path:
-    """Write ``manifest`` (records and skip counts) to ``path`` as JSON, atomically.
+def save_manifest(
+    manifest: Manifest, path: str | os.PathLike, *, corpus_root: str | os.PathLike | None = None
+) -> Path:
+    """Write ``manifest`` (records, skip counts and corpus root) to ``path`` as JSON, atomically.
 
     Reading a corpus of thousands of videos probes every file; saving the result lets later runs start at
-    once with ``load_manifest("saved", path)``.
+    once with ``load_manifest("saved", path)``. ``corpus_root`` is the folder the records' files must stay
+    in when read back; None records the deepest folder holding every source (nothing for no records).
     """
     rows = [[r.source, r.frame, *r.box, r.pid, r.camera, r.video, r.tracklet] for r in manifest.records]
+    if corpus_root is not None:
+        root: str | None = str(absolute_path(corpus_root))
+    elif manifest.records:
+        root = os.path.commonpath([os.path.dirname(absolute_path(r.source)) for r in manifest.records])
+    else:
+        root = None
     payload = {
         "format": SAVED_MANIFEST_FORMAT,
         "name": manifest.name,
+        "corpus_root": root,
         "skipped": manifest.skipped,
         "columns": ["source", "frame", "x", "y", "w", "h", "pid", "camera", "video", "tracklet"],
         "records": rows,
@@ -116,8 +196,27 @@ def save_manifest(manifest: Manifest, path: str | os.PathLike) -> Path:
     return atomic_write_json(path, payload, indent=None)
 
 
-def read_saved_manifest(path: str | os.PathLike) -> Manifest:
-    """Read a file written by ``save_manifest``; ManifestError naming the file and record on bad content."""
+def _saved_corpus(file_path: Path, payload: dict, corpus_root: str | os.PathLike | None) -> CorpusRoot:
+    root = corpus_root if corpus_root is not None else payload.get("corpus_root")
+    if root is None:
+        raise ManifestError(
+            f"{file_path}: records no corpus_root (saved before roots were recorded); pass "
+            "corpus_root=<the folder holding its files>"
+        )
+    if not isinstance(root, (str, os.PathLike)):
+        raise ManifestError(f"{file_path}: corpus_root = {root!r}, expected a folder path string")
+    return CorpusRoot(root)
+
+
+def read_saved_manifest(
+    path: str | os.PathLike, corpus_root: str | os.PathLike | None = None, *, strict: bool = True
+) -> Manifest:
+    """Read a file written by ``save_manifest``; ManifestError naming the file and record on bad content.
+
+    Every source must stay inside ``corpus_root`` (default: the root the file records; a file recording
+    none needs the argument): a record that leaves it is an error naming the file, record and path
+    (``strict``) or skipped and counted as "path_outside"; relative sources are joined to the root.
+    """
     file_path = absolute_path(path)
     try:
         payload = json.loads(file_path.read_text(encoding="utf-8"))
@@ -142,4 +241,23 @@ def read_saved_manifest(path: str | os.PathLike) -> Manifest:
             raise ManifestError(f"{file_path}: record {index} is malformed ({err}): {row!r}") from err
         records.append(record)
     skipped = {str(reason): int(count) for reason, count in payload.get("skipped", {}).items()}
-    return Manifest(name=str(payload.get("name", file_path.stem)), records=records, skipped=skipped)
+    manifest = Manifest(name=str(payload.get("name", file_path.stem)), records=[], skipped=skipped)
+    policy = IssuePolicy(manifest, strict)
+    if records:
+        corpus = _saved_corpus(file_path, payload, corpus_root)
+        manifest.records = _records_inside(corpus, records, policy, file_path)
+    return manifest
+
+
+def _records_inside(
+    corpus: CorpusRoot, records: list[CropRecord], policy: IssuePolicy, file_path: Path
+) -> list[CropRecord]:
+    """The records whose source stays inside ``corpus``; relative sources joined to it, absolute kept verbatim
+    (exact round trips)."""
+    kept = []
+    for index, record in enumerate(records):
+        inside = inside_corpus(corpus, record.source, policy, f"{file_path}: record {index}")
+        if inside is None:
+            continue
+        kept.append(record if os.path.isabs(record.source) else dataclasses.replace(record, source=inside))
+    return kept

@@ -15,7 +15,7 @@ from ..datasets import load_dataset, read_market_style_folder
 from ..datasets.base import absolute_folder, is_image_name, layout_tree
 from ..datasets.market import MARKET_SPLIT_FOLDERS
 from ..records import WHOLE_IMAGE, CropRecord, Manifest
-from .common import IssuePolicy, ManifestError, absolute_path, dense_labels
+from .common import CorpusRoot, IssuePolicy, ManifestError, absolute_path, dense_labels, inside_corpus
 
 LUPERSON_NAME = re.compile(r"^(\d+)_(\d+)_(\d+)\.[A-Za-z]+$")
 LUPERSON_TREE = layout_tree(
@@ -31,12 +31,14 @@ def read_luperson_nl(root: str | os.PathLike, *, strict: bool = True) -> Manifes
     A tracklet is (video folder, pid); tracklets are numbered 0..n−1 in sorted (folder name, pid) order and
     the number is both ``pid`` and ``tracklet``; ``video`` is the folder name, ``camera`` −1 (the layout has
     none). Records are sorted by (video, pid, frame, obj). Sub-folders of a video folder, hidden and
-    non-image files are ignored; an image whose name does not parse ("bad_name") or that lies directly in
-    ``root`` ("misplaced_image") is an error naming the file (strict) or skipped and counted.
+    non-image files are ignored; an image whose name does not parse ("bad_name"), that lies directly in
+    ``root`` ("misplaced_image") or that resolves outside ``root`` through a symlink ("path_outside") is an
+    error naming the file (strict) or skipped and counted.
     """
     folder = absolute_folder(root, "LUPerson-NL root", LUPERSON_TREE)
     manifest = Manifest(name=f"luperson_nl:{folder}", records=[])
     policy = IssuePolicy(manifest, strict)
+    corpus = CorpusRoot(folder)
     parsed: list[tuple[str, int, int, int, str]] = []
     num_images = 0
     with os.scandir(folder) as entries:
@@ -50,7 +52,10 @@ def read_luperson_nl(root: str | os.PathLike, *, strict: bool = True) -> Manifes
             with os.scandir(entry.path) as images:
                 image_paths = sorted(i.path for i in images if i.is_file() and is_image_name(i.name))
             num_images += len(image_paths)
-            parsed.extend(_parse_luperson_names(entry.name, image_paths, policy))
+            inside = [
+                path for path in image_paths if inside_corpus(corpus, path, policy, str(folder)) is not None
+            ]
+            parsed.extend(_parse_luperson_names(entry.name, inside, policy))
     if num_images == 0:
         raise ManifestError(f"{folder} holds no images; expected layout:\n{LUPERSON_TREE}")
     labels = dense_labels((video, pid) for video, pid, *_ in parsed)
@@ -97,8 +102,8 @@ def _cion_id(value: object) -> int:
     return value
 
 
-def _parse_cion_entry(entry: object, base: Path) -> tuple[str, int, int, str]:
-    """(absolute path, id, camera, video) of one entry; ValueError naming the key on bad content."""
+def _parse_cion_entry(entry: object) -> tuple[str, int, int, str]:
+    """(file path as written, id, camera, video) of one entry; ValueError naming the key on bad content."""
     if not isinstance(entry, dict):
         raise ValueError(f"is a {type(entry).__name__}, expected an object {CION_ENTRY_HELP}")
     for key in ("file_path", "id"):
@@ -113,8 +118,7 @@ def _parse_cion_entry(entry: object, base: Path) -> tuple[str, int, int, str]:
     video = entry.get("video", "")
     if not isinstance(video, str):
         raise ValueError(f"key 'video' = {video!r}, expected a string")
-    source = os.path.normpath(os.path.join(base, os.path.expanduser(file_path)))
-    return source, _cion_id(entry["id"]), camera, video
+    return file_path, _cion_id(entry["id"]), camera, video
 
 
 def read_cion_json(
@@ -123,7 +127,9 @@ def read_cion_json(
     """A CION-AL style JSON list of ``{"file_path", "id"}`` → one whole-image record per entry.
 
     The list may also sit in an object under the first of CION_LIST_KEYS that holds a list. Relative paths
-    are resolved against ``image_root``, else the JSON file's folder. ids (integers or strings of integers)
+    are resolved against ``image_root``, else the JSON file's folder: that folder is the corpus root, and a
+    path leaving it (``..``, absolute elsewhere, ``~``, a symlink out) is an error naming the entry (strict)
+    or skipped and counted as "path_outside". ids (integers or strings of integers)
     are relabelled 0..n−1 in ascending order; optional "camera" (default −1) and "video" keys are kept.
     Records are sorted by (pid, path). A bad entry ("bad_entry") or a repeated file path ("duplicate_path",
     the first one is kept) is an error naming the entry index and key (strict) or skipped and counted.
@@ -131,15 +137,18 @@ def read_cion_json(
     json_path = absolute_path(path)
     if not json_path.is_file():
         raise FileNotFoundError(f"CION JSON list {json_path} does not exist")
-    base = absolute_path(image_root) if image_root is not None else json_path.parent
+    corpus = CorpusRoot(image_root if image_root is not None else json_path.parent)
     manifest = Manifest(name=f"cion_json:{json_path}", records=[])
     policy = IssuePolicy(manifest, strict)
     parsed: dict[str, tuple[int, int, str]] = {}
     for index, entry in enumerate(_cion_entries(json_path)):
         try:
-            source, identity, camera, video = _parse_cion_entry(entry, base)
+            file_path, identity, camera, video = _parse_cion_entry(entry)
         except ValueError as err:
             policy.corrupt("bad_entry", f"{json_path}: entry {index} {err}")
+            continue
+        source = inside_corpus(corpus, file_path, policy, f"{json_path}: entry {index} key 'file_path'")
+        if source is None:
             continue
         if source in parsed:
             policy.corrupt("duplicate_path", f"{json_path}: entry {index} key 'file_path' repeats {source}")
@@ -162,7 +171,8 @@ def read_market_manifest(
     ``dataset`` None reads ``root/<split folder>`` (bounding_box_train, query, bounding_box_test) with
     ``read_market_style_folder``; a name of ``reidscale.data.datasets.DATASET_NAMES`` reads ``root``
     with that dataset's reader. Train pids are relabelled 0..n−1, query/gallery keep the original pids
-    (gallery distractors pid 0); junk (pid −1) is dropped. Sorted by path; always strict (a benchmark).
+    (gallery distractors pid 0); junk (pid −1) is dropped. Sorted by path; always strict (a benchmark): an
+    image whose path leaves ``root`` (a symlink out, or a list-file entry with ``..``) is a ManifestError.
     """
     if split not in MARKET_SPLIT_FOLDERS:
         raise ValueError(f"split must be one of {tuple(MARKET_SPLIT_FOLDERS)}, got {split!r}")
@@ -173,5 +183,10 @@ def read_market_manifest(
         )
     else:
         images = load_dataset(dataset, root).subset(split)
-    records = [CropRecord(image.path, -1, WHOLE_IMAGE, image.pid, image.camid) for image in images]
-    return Manifest(name=f"market:{split}:{absolute_path(root)}", records=records)
+    manifest = Manifest(name=f"market:{split}:{absolute_path(root)}", records=[])
+    corpus, policy = CorpusRoot(root), IssuePolicy(manifest, strict=True)
+    where = f"{dataset or 'market'} {split} split of {corpus.path}"
+    for image in images:
+        inside_corpus(corpus, image.path, policy, where)  # the policy is strict: raises when outside
+        manifest.records.append(CropRecord(image.path, -1, WHOLE_IMAGE, image.pid, image.camid))
+    return manifest

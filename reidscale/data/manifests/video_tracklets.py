@@ -15,7 +15,8 @@ Validation (see common.py for strict vs skip-and-count): a tracklet file without
 ("tracklets_without_video"); a video without a tracklet file has nothing to read and is only counted
 ("video_without_tracklets"). Each video is probed with PyAV for its frame size and, where the container
 stores it (MP4, AVI; not WebM/MKV), its frame count: an unopenable video is corrupt ("corrupt_video"), a box
-on a frame past the end is corrupt ("frame_missing"); box repairs and filters are in ``mot.fit_box``.
+on a frame past the end is corrupt ("frame_missing"); box repairs and filters are in ``mot.fit_box``. A
+tracklet file or video that resolves outside ``root`` through a symlink is corrupt ("path_outside").
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 from ..datasets.base import absolute_folder, layout_tree, require_subfolders
 from ..records import CropRecord, Manifest
 from ..video_probe import VideoInfo, VideoOpenError, probe_video
-from .common import IssuePolicy, ManifestError, dense_labels
+from .common import CorpusRoot, IssuePolicy, ManifestError, dense_labels, inside_corpus
 from .mot import MOT_LINE_HELP, TrackBox, fit_box, read_mot_file
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".webm", ".avi", ".mkv")
@@ -144,10 +145,15 @@ def _read_tracks(
 ) -> dict[tuple[str, int], list[tuple[int, tuple[int, int, int, int]]]]:
     """(video, track id) → its kept [(0-based frame, (x, y, w, h))] in frame order, strided."""
     tracks: dict[tuple[str, int], list[tuple[int, tuple[int, int, int, int]]]] = {}
+    corpus = CorpusRoot(folder)
     for video, tracklet_path in sorted(tracklet_files.items()):
+        if inside_corpus(corpus, tracklet_path, policy, str(folder)) is None:
+            continue
         if video not in videos:
             expected = f"{folder / 'videos' / video}{{{','.join(VIDEO_EXTENSIONS)}}}"
             policy.corrupt("tracklets_without_video", f"{tracklet_path}: no video {expected}")
+            continue
+        if inside_corpus(corpus, videos[video], policy, str(folder)) is None:
             continue
         try:
             info = probe_video(videos[video], index_frames=False) if probe else None
