@@ -158,6 +158,8 @@ def cmd_finetune(args: argparse.Namespace, overrides: list[str]) -> int:
 
     config = load_config(root_for("finetune"), args.config, overrides)
     summary = run_training(config, method_spec("finetune", config.finetune.method))
+    if summary.status == "stopped":
+        return report_stopped(summary)
     if get_rank() == 0:
         print(f"fine-tuned {config.model.name} for {summary.steps} steps on {config.finetune.dataset}")
         print(format_metric_rows({"before": summary.before, "after": summary.after}))
@@ -173,6 +175,8 @@ def cmd_pretrain(args: argparse.Namespace, overrides: list[str]) -> int:
 
     config = load_config(root_for("pretrain"), args.config, overrides)
     summary = run_training(config, method_spec("pretrain", config.pretrain.method))
+    if summary.status == "stopped":
+        return report_stopped(summary)
     if get_rank() == 0:
         print(f"pre-trained {config.model.name} ({config.pretrain.method}) for {summary.steps} steps")
         if summary.before or summary.after:
@@ -183,6 +187,24 @@ def cmd_pretrain(args: argparse.Namespace, overrides: list[str]) -> int:
         for name, path in summary.paths.items():
             print(f"{name}: {path}")
     return 0
+
+
+def report_stopped(summary: Any) -> int:
+    """Print (rank 0) where a stopped run stands; the exit code: 0 after ``until_step`` (asked for), else
+    128 + the signal (a stopped run is not a finished one)."""
+    import signal
+
+    from reidscale.utils.dist import get_rank
+
+    if get_rank() == 0:
+        print(
+            f"stopped by {summary.stopped_by} after {summary.steps} steps; results.json says so and holds no "
+            f"final weights. Continue with --train.checkpoint.resume auto ({summary.run_dir})"
+        )
+    if summary.stopped_by == "until_step":
+        return 0
+    names = {sig.name: sig.value for sig in signal.Signals}
+    return 128 + names.get(summary.stopped_by or "", signal.SIGTERM)
 
 
 def cmd_prebuild(args: argparse.Namespace) -> int:

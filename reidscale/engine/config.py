@@ -69,6 +69,11 @@ class CheckpointConfig:
     every: int = option(0, "save every this many optimizer steps (0 = only at the end and on SIGTERM)")
     keep_last: int = option(3, "complete checkpoints kept (older ones are deleted)")
     resume: str | None = option(None, "resume from: null (fresh), 'auto' (latest in dir if any) or a path")
+    stop_grace_s: float = option(
+        60.0,
+        "after SIGTERM / SIGINT: seconds to reach the next step boundary and save a checkpoint; past it, or "
+        "on a second signal, the run stops at once (0 = no limit)",
+    )
 
 
 @dataclass
@@ -189,6 +194,9 @@ def check_train_config(config: TrainConfig, world_size: int | None = None) -> Tr
     _require(config.nan_policy in NAN_POLICIES, "nan_policy", f"one of {NAN_POLICIES}", config.nan_policy)
     _require(config.checkpoint.every >= 0, "checkpoint.every", ">= 0", config.checkpoint.every)
     _require(config.checkpoint.keep_last >= 1, "checkpoint.keep_last", ">= 1", config.checkpoint.keep_last)
+    _require(
+        config.checkpoint.stop_grace_s >= 0, "checkpoint.stop_grace_s", ">= 0", config.checkpoint.stop_grace_s
+    )
     _require(config.log_every >= 1, "log_every", ">= 1", config.log_every)
     _require(
         config.eval_every is None or config.eval_every >= 0, "eval_every", ">= 0 or null", config.eval_every

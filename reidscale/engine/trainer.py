@@ -52,6 +52,8 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     skipped_steps: list[int] = field(default_factory=list)
     preempted: bool = False
+    #: the signal that stopped the run on this rank (None when it reached another rank first, or none did)
+    stop_signal: int | None = None
     last_checkpoint: Path | None = None
 
 
@@ -188,7 +190,7 @@ class Trainer:
         if self.rank == 0:
             self.tracker.log_config({"train": plain_dict(self.config)})
         self._step_bar = self._step_progress(cursor.step, stop_at)
-        with PreemptionFlag() as preemption:
+        with PreemptionFlag(grace_s=self.config.checkpoint.stop_grace_s) as preemption:
             while cursor.step < stop_at:
                 iterator = iterate_from(loader, cursor.epoch, cursor.position, saved_sampler)
                 saved_sampler = None
@@ -245,7 +247,7 @@ class Trainer:
                 return True
             if preemption.agreed(self.world_size, self.device):
                 result.last_checkpoint = self._save(cursor, loader)
-                result.preempted = True
+                result.preempted, result.stop_signal = True, preemption.received
                 return False
             if self.config.checkpoint.every and cursor.step % self.config.checkpoint.every == 0:
                 result.last_checkpoint = self._save(cursor, loader)

@@ -16,13 +16,15 @@ or one plain process). For the method's spec (``reidscale.methods``):
    what ``create_backbone(model.name)`` loads and ``finetune`` / ``extract`` / ``export`` take as
    ``model.weights``), ``backbone.safetensors`` (the same tensors), ``heads.pt`` (the method's heads,
    when it keeps any), ``features.pt`` (the last evaluation's features), ``results.json``
-   ``{"steps", "before", "after", "evaluations", "protocol"}`` (fractions) and ``rank_list.png``
+   ``{"status": "completed", "steps", "total_steps", "before", "after", "evaluations", "protocol"}``
+   (fractions) and ``rank_list.png``
    (``eval.num_visualize`` queries).
 """
 
 from __future__ import annotations
 
 import json
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ from reidscale.jobs.outputs import write_run_outputs
 from reidscale.methods.spec import MethodSpec
 from reidscale.objectives.base import TrainingContext
 from reidscale.utils.dist import get_rank, get_world_size
+from reidscale.utils.io import atomic_write_json
 
 
 @dataclass
@@ -45,7 +48,9 @@ class TrainSummary:
     """What a training run did (rank 0's view; ``paths`` is empty on other ranks).
 
     paths: output name → file (``weights``, ``safetensors``, ``heads``, ``features``, ``results``,
-    ``rank_list``; see ``jobs.outputs.write_run_outputs``).
+    ``rank_list``; see ``jobs.outputs.write_run_outputs``); a stopped run has ``results`` only.
+    status: ``completed``, or ``stopped`` before the last step (``stopped_by``: ``until_step`` or the
+        signal's name, e.g. ``SIGTERM``; resume with ``train.checkpoint.resume=auto``).
     """
 
     run_dir: Path
@@ -53,6 +58,8 @@ class TrainSummary:
     before: dict[str, float]
     after: dict[str, float]
     paths: dict[str, Path]
+    status: str = "completed"
+    stopped_by: str | None = None
 
 
 def train_settings(spec: MethodSpec, config: Any, world_size: int, batches_per_epoch: int) -> TrainConfig:
@@ -103,28 +110,63 @@ def run_training(config: Any, spec: MethodSpec) -> TrainSummary:
                 )
             )
             before = _evaluate_before(trainer, evaluator, tracker, run_dir, checkpoint)
-            result = trainer.run(loader, until_step=spec.until_step(config))  # evaluates at the end too
-            if evaluator is not None and evaluator.latest_step != result.steps_done:
-                evaluator(trainer.objective, result.steps_done)
-            after = evaluator.latest_metrics if evaluator is not None else {}
-            weights, heads = spec.transfer(trainer.objective)  # gathered on every rank under ZeRO-3
-            if rank != 0:
-                return TrainSummary(run_dir, result.steps_done, before, after, {})
-            results = {
+            try:
+                result = trainer.run(loader, until_step=spec.until_step(config))  # evaluates at the end too
+            except Exception as err:  # e.g. a non-finite loss under nan_policy=stop: say so, keep the error
+                if rank == 0:
+                    failed = {"status": "failed", "error": f"{type(err).__name__}: {err}", "before": before}
+                    atomic_write_json(run_dir / "results.json", failed)
+                raise
+            total = trainer.total_steps(loader)
+            record = {
                 "steps": result.steps_done,
+                "total_steps": total,
                 "before": before,
-                "after": after,
                 "evaluations": evaluator.history if evaluator is not None else [],
                 "protocol": {
                     "camera_penalty": config.eval.camera_penalty,
                     "rerank": config.eval.rerank.enabled,
                 },
             }
+            if result.preempted or result.steps_done < total:  # a signal or until_step: not the end
+                return _report_stopped(run_dir, rank, result, record)
+            if evaluator is not None and evaluator.latest_step != result.steps_done:
+                evaluator(trainer.objective, result.steps_done)
+            after = evaluator.latest_metrics if evaluator is not None else {}
+            weights, heads = spec.transfer(trainer.objective)  # gathered on every rank under ZeRO-3
+            if rank != 0:
+                return TrainSummary(run_dir, result.steps_done, before, after, {})
+            results = {"status": "completed", **record, "after": after}
             features = evaluator.latest_features if evaluator is not None else None
             paths = write_run_outputs(run_dir, weights, features, results, config.eval, heads)
             if "rank_list" in paths:
                 tracker.log_image("eval/rank_list", paths["rank_list"], step=result.steps_done)
             return TrainSummary(run_dir, result.steps_done, before, after, paths)
+
+
+def _report_stopped(run_dir: Path, rank: int, result: Any, record: dict[str, Any]) -> TrainSummary:
+    """A run stopped before its last step (a signal, or ``until_step``): a checkpoint to resume from and a
+    ``results.json`` that says so (``"status": "stopped"``, the step reached, how it stopped); no weights
+    under the final names, no evaluation at the stop."""
+    stopped_by = "until_step" if not result.preempted else signal_name(result.stop_signal)
+    summary = TrainSummary(
+        run_dir, result.steps_done, record["before"], {}, {}, status="stopped", stopped_by=stopped_by
+    )
+    if rank == 0:
+        checkpoint = None if result.last_checkpoint is None else str(result.last_checkpoint)
+        results = {"status": "stopped", "stopped_by": stopped_by, "checkpoint": checkpoint, **record}
+        summary.paths["results"] = atomic_write_json(run_dir / "results.json", results)
+    return summary
+
+
+def signal_name(signum: int | None) -> str:
+    """``SIGTERM`` for 15, ...; ``a signal`` when the signal reached another rank first."""
+    if signum is None:
+        return "a signal"
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def _evaluate_before(

@@ -93,7 +93,9 @@ def test_two_rank_pretraining_resumes_exactly(tmp_path: Path, corpus: Path) -> N
     _two_ranks(straight_config)
     split_config = _config(tmp_path, corpus, "split")
     first = _two_ranks(split_config, "--pretrain.until_step=3")
-    assert "pre-trained resnet18 (selective) for 3 steps" in first.stdout
+    assert "stopped by until_step after 3 steps" in first.stdout
+    assert json.loads((tmp_path / "runs" / "split" / "results.json").read_text())["status"] == "stopped"
+    assert not (tmp_path / "runs" / "split" / "backbone.pt").exists()  # no final weights from a part
     _two_ranks(split_config)
 
     straight, split = _final_state(tmp_path / "runs" / "straight"), _final_state(tmp_path / "runs" / "split")
