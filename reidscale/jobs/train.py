@@ -37,6 +37,7 @@ from reidscale.engine.checkpoint import TAG_PATTERN
 from reidscale.engine.config import TrainConfig, with_derived_fields
 from reidscale.evaluation.during_training import SplitEvaluator
 from reidscale.jobs.outputs import write_run_outputs
+from reidscale.jobs.run_lock import claim_run_folder
 from reidscale.methods.spec import MethodSpec
 from reidscale.objectives.base import TrainingContext
 from reidscale.utils.dist import get_rank, get_world_size
@@ -76,9 +77,8 @@ def run_training(config: Any, spec: MethodSpec) -> TrainSummary:
     from reidscale.models.config import backbone_from_config
     from reidscale.tracking.from_config import tracker_from_config
 
-    with distributed():
+    with distributed(), claim_run_folder(config) as run_dir:  # one writer; no fresh run over an earlier one
         rank, world = get_rank(), get_world_size()
-        run_dir = Path(config.run.output_dir) / config.run.name
         train_settings(spec, config, world, batches_per_epoch=1)  # bad settings refused before data is read
         data = spec.build_data(config, rank, world)
         loader = DataLoader(data.dataset, batch_sampler=data.batch_sampler, num_workers=data.num_workers)

@@ -55,6 +55,11 @@ def test_finetune_extract_evaluate_export(tmp_path: Path, market: Path) -> None:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     logged = {key for row in rows for key in row}
     assert {"train/loss", "train/ce", "train/triplet", "throughput/images_per_s", "eval/mAP"} <= logged
+    assert not (run_dir / ".reidscale.lock").exists()  # released at the end of the run
+    again = run_command(_cli("finetune", "--config", str(config)))
+    assert again.returncode == 2, again.stderr
+    assert f"{run_dir} holds a finished run (results.json, metrics.jsonl, checkpoints/)" in again.stderr
+    assert json.loads((run_dir / "results.json").read_text()) == results  # the finished run is untouched
 
     features = tmp_path / "extracted.pt"
     weights = run_dir / "backbone.pt"
@@ -73,6 +78,20 @@ def test_finetune_extract_evaluate_export(tmp_path: Path, market: Path) -> None:
         ).stdout
     )
     assert (exported / "backbone.onnx").is_file() and float(report["max_abs_diff"]) < 1e-3
+
+
+def test_finetune_into_a_finished_run_folder_without_resume_exits_2(tmp_path: Path, market: Path) -> None:
+    config = finetune_run_config(tmp_path, market, "finished")
+    run_dir = tmp_path / "runs" / "finished"
+    run_dir.mkdir(parents=True)
+    (run_dir / "results.json").write_text("{}")
+    proc = run_command(_cli("finetune", "--config", str(config)))
+    assert proc.returncode == 2, proc.stderr
+    assert (
+        f"reidscale finetune: error: {run_dir} holds a finished run (results.json); choose another "
+        "run.name, or set train.checkpoint.resume=auto to continue it"
+    ) in proc.stderr
+    assert sorted(path.name for path in run_dir.iterdir()) == ["results.json"]  # nothing written, no lock
 
 
 def test_extract_rejects_weights_of_another_model(tmp_path: Path, market: Path) -> None:
