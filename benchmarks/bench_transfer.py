@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -69,6 +70,7 @@ def run_one(args: argparse.Namespace, start: str, seed: int, weights_sha: str) -
     name = f"{start}_s{seed}"
     weights = args.weights if start == "pretrained" else None
     log = args.runs_dir / f"{name}.log"
+    shutil.rmtree(args.runs_dir / name, ignore_errors=True)  # this benchmark's own earlier run of the case
     log.parent.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     with open(log, "w", encoding="utf-8") as handle:

@@ -87,6 +87,16 @@ def wandb_run_dir(run_dir: Path) -> Path | None:
     return runs[-1] if runs else None
 
 
+def clear_earlier_demo_run(out_dir: Path) -> bool:
+    """Remove an earlier demo run from ``out_dir`` (a run folder holding ``pretrain.run.json``, the record
+    every pre-training run writes) so that the demo starts afresh; True when one was removed. A folder with
+    anything else in it is left alone (the run then refuses it, naming what is there)."""
+    if not (out_dir / "pretrain.run.json").is_file() or (out_dir / ".reidscale.lock").exists():
+        return False
+    shutil.rmtree(out_dir)
+    return True
+
+
 def run_demo(out_dir: Path, data_dir: Path | None, overrides: list[str], port: int | None = None) -> dict:
     """Steps 1–3 of the module docstring (``data_dir`` None: ``data/synth_demo``); returns results.json's
     content. ``port``: the launcher's rendezvous port; None takes one free on this machine when launching,
@@ -100,6 +110,8 @@ def run_demo(out_dir: Path, data_dir: Path | None, overrides: list[str], port: i
         print(f"[demo] built the synthetic corpus in {data_dir} ({time.monotonic() - started:.0f} s)")
     else:
         print(f"[demo] reusing the synthetic corpus in {data_dir}")
+    if clear_earlier_demo_run(out_dir):
+        print(f"[demo] replaced the earlier demo run in {out_dir}")
     settings = [
         f"--run.output_dir={out_dir.parent}",
         f"--run.name={out_dir.name}",

@@ -72,3 +72,22 @@ def test_demo_refuses_a_bad_port_before_building_anything(
     assert main(demo_argv(tmp_path, "--port", "70000")) == 2
     assert "port must be an integer TCP port in 1..65535, got 70000" in capsys.readouterr().err
     assert launched == []
+
+
+def test_an_earlier_demo_run_is_replaced_and_anything_else_is_left(tmp_path: Path) -> None:
+    from reidscale.jobs.demo import clear_earlier_demo_run
+
+    earlier = tmp_path / "demo"
+    earlier.mkdir()
+    for name in ("pretrain.run.json", "results.json", "metrics.jsonl"):
+        (earlier / name).write_text("{}")
+    assert clear_earlier_demo_run(earlier) and not earlier.exists()
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "results.json").write_text("{}")
+    assert not clear_earlier_demo_run(other) and (other / "results.json").is_file()
+    running = tmp_path / "running"
+    running.mkdir()
+    (running / "pretrain.run.json").write_text("{}")
+    (running / ".reidscale.lock").write_text("{}")
+    assert not clear_earlier_demo_run(running) and (running / "pretrain.run.json").is_file()
