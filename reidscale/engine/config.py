@@ -2,7 +2,8 @@
 
 The DeepSpeed JSON (``deepspeed_config.render_deepspeed_config``), the optimizer, the schedules, the
 guards and the checkpoints are all derived from it. ``check_train_config`` validates a config (and, with a
-world size, the batch arithmetic) and raises ValueError naming the field and what was expected.
+world size, the batch arithmetic) and raises ValueError naming the field and what was expected; the checks
+that need neither the world size nor a GPU (``check_field_values``) already run when a TrainConfig is built.
 """
 
 from __future__ import annotations
@@ -108,6 +109,10 @@ class TrainConfig:
     )
     seed: int = option(0, "base random seed; rank r seeds python/numpy/torch with seed + r")
 
+    def __post_init__(self) -> None:
+        """Refuse a bad field value at construction (loading a config), not when the Trainer starts."""
+        check_field_values(self)
+
 
 def _cuda_available() -> bool:
     import torch  # here, so that the config schema can import this module without torch
@@ -160,19 +165,14 @@ def _check_schedule(config: TrainConfig) -> None:
     )
 
 
-def check_train_config(config: TrainConfig, world_size: int | None = None) -> TrainConfig:
-    """Validate ``config`` (ValueError naming the field); with ``world_size``, also the batch arithmetic."""
+def check_field_values(config: TrainConfig) -> TrainConfig:
+    """Validate the fields that need neither the world size nor a GPU (ValueError naming the field).
+
+    ``TrainConfig`` runs it when it is built, so a bad value is refused when the config is loaded.
+    """
     _require(config.zero_stage in (0, 1, 2, 3), "zero_stage", "0, 1, 2 or 3", config.zero_stage)
     _require(config.precision in PRECISIONS, "precision", f"one of {PRECISIONS}", config.precision)
-    if config.precision == "fp16" and not _cuda_available():
-        raise ValueError(
-            "train.precision='fp16' needs a CUDA GPU (DeepSpeed refuses fp16 on CPU); use bf16 or fp32"
-        )
-    if config.micro_batch is None:
-        raise ValueError(
-            "train.micro_batch is null: the training jobs derive it; set it when driving the engine directly"
-        )
-    _require(config.micro_batch >= 1, "micro_batch", ">= 1", config.micro_batch)
+    _require(config.micro_batch is None or config.micro_batch >= 1, "micro_batch", ">= 1", config.micro_batch)
     _require(
         config.global_batch is None or config.global_batch >= 1,
         "global_batch",
@@ -187,8 +187,6 @@ def check_train_config(config: TrainConfig, world_size: int | None = None) -> Tr
     )
     _require(config.max_steps is None or config.max_steps >= 1, "max_steps", ">= 1 or null", config.max_steps)
     _require(config.epochs is None or config.epochs >= 1, "epochs", ">= 1 or null", config.epochs)
-    if config.max_steps is None and config.epochs is None:
-        raise ValueError("train.max_steps and train.epochs are both null: set one of them")
     _check_optim_and_clip(config)
     _check_schedule(config)
     _require(config.nan_policy in NAN_POLICIES, "nan_policy", f"one of {NAN_POLICIES}", config.nan_policy)
@@ -201,6 +199,26 @@ def check_train_config(config: TrainConfig, world_size: int | None = None) -> Tr
     _require(
         config.eval_every is None or config.eval_every >= 0, "eval_every", ">= 0 or null", config.eval_every
     )
+    return config
+
+
+def check_train_config(config: TrainConfig, world_size: int | None = None) -> TrainConfig:
+    """Validate ``config`` (ValueError naming the field); with ``world_size``, also the batch arithmetic.
+
+    Besides ``check_field_values`` (repeated: a field may have been changed after construction): fp16
+    needs a GPU, ``micro_batch`` must be set (the jobs derive it), ``max_steps`` or ``epochs`` must be set.
+    """
+    check_field_values(config)
+    if config.precision == "fp16" and not _cuda_available():
+        raise ValueError(
+            "train.precision='fp16' needs a CUDA GPU (DeepSpeed refuses fp16 on CPU); use bf16 or fp32"
+        )
+    if config.micro_batch is None:
+        raise ValueError(
+            "train.micro_batch is null: the training jobs derive it; set it when driving the engine directly"
+        )
+    if config.max_steps is None and config.epochs is None:
+        raise ValueError("train.max_steps and train.epochs are both null: set one of them")
     if world_size is not None:
         grad_accumulation(config, world_size)
     return config

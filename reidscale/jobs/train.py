@@ -37,6 +37,7 @@ from reidscale.engine.checkpoint import TAG_PATTERN
 from reidscale.engine.config import TrainConfig, with_derived_fields
 from reidscale.evaluation.during_training import SplitEvaluator
 from reidscale.jobs.outputs import write_run_outputs
+from reidscale.jobs.preflight import check_before_training
 from reidscale.jobs.run_lock import claim_run_folder
 from reidscale.methods.spec import MethodSpec
 from reidscale.objectives.base import TrainingContext
@@ -71,11 +72,18 @@ def train_settings(spec: MethodSpec, config: Any, world_size: int, batches_per_e
 
 
 def run_training(config: Any, spec: MethodSpec) -> TrainSummary:
-    """Train ``spec``'s method as ``config`` (the command's resolved root) says (see the module doc)."""
+    """Train ``spec``'s method as ``config`` (the command's resolved root) says (see the module doc).
+
+    Raises:
+        ValueError: listing every problem the pre-flight checks find (``jobs.preflight``), before anything
+            is built or created.
+    """
     from reidscale.engine.distributed import distributed
     from reidscale.engine.trainer import Trainer
     from reidscale.models.config import backbone_from_config
     from reidscale.tracking.from_config import tracker_from_config
+
+    check_before_training(config, spec)
 
     with distributed(), claim_run_folder(config) as run_dir:  # one writer; no fresh run over an earlier one
         rank, world = get_rank(), get_world_size()

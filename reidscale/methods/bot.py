@@ -13,6 +13,7 @@ from reidscale.methods.finetuning import (
     FINETUNE_SECTION,
     finetune_eval_plan,
     finetune_micro_batch,
+    finetune_preflight,
     identity_batches,
 )
 from reidscale.methods.spec import DerivedTrain, MethodSpec, StateDict, TrainingData
@@ -56,4 +57,5 @@ BOT = MethodSpec(
     derive_train=derive_train,
     eval_plan=finetune_eval_plan,
     transfer=transfer,
+    preflight=finetune_preflight,
 )

@@ -4,6 +4,7 @@ P×K batches, augmentations, test-time flip) and its training data, identity bat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from reidscale.config.compose import Section
@@ -82,3 +83,10 @@ def identity_batches(config: Any, rank: int, world_size: int) -> TrainingData:
 def finetune_eval_plan(config: Any) -> EvalPlan:
     """The query/gallery of the benchmark trained on."""
     return EvalPlan(config.finetune.dataset, config.finetune.dataset_root, config.finetune.flip_test)
+
+
+def finetune_preflight(config: Any) -> list[str]:
+    """What is missing before fine-tuning starts: the folder ``finetune.dataset_root`` (one line each)."""
+    if not Path(config.finetune.dataset_root).is_dir():
+        return [f"finetune.dataset_root is not a folder: {config.finetune.dataset_root}"]
+    return []

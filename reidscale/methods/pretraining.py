@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -139,3 +140,17 @@ def pretrain_eval_plan(config: Any) -> EvalPlan | None:
 def pretrain_until_step(config: Any) -> int | None:
     """``pretrain.until_step``."""
     return config.pretrain.until_step
+
+
+def pretrain_preflight(config: Any) -> list[str]:
+    """What is missing before pre-training starts: ``pretrain_data.path``, and ``pretrain.eval_root`` when
+    ``pretrain.eval_dataset`` is set (one line per problem, naming the option and the path)."""
+    problems = []
+    if not Path(config.pretrain_data.path).exists():
+        problems.append(f"pretrain_data.path does not exist: {config.pretrain_data.path}")
+    if config.pretrain.eval_dataset is not None and not Path(config.pretrain.eval_root).is_dir():
+        problems.append(
+            f"pretrain.eval_root is not a folder: {config.pretrain.eval_root} "
+            f"(pretrain.eval_dataset={config.pretrain.eval_dataset!r} is evaluated there; null turns it off)"
+        )
+    return problems

@@ -14,6 +14,7 @@ from reidscale.methods.pretraining import (
     derive_pretrain_train,
     indexed_images,
     pretrain_eval_plan,
+    pretrain_preflight,
     pretrain_until_step,
 )
 from reidscale.methods.spec import MethodSpec, StateDict, TrainingData
@@ -52,4 +53,5 @@ SELECTIVE = MethodSpec(
     eval_plan=pretrain_eval_plan,
     transfer=transfer,
     until_step=pretrain_until_step,
+    preflight=pretrain_preflight,
 )

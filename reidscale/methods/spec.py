@@ -80,6 +80,8 @@ class MethodSpec:
         transfer: ``objective -> (backbone state_dict, heads state_dict or None)``, gathered on every rank:
             what it hands to fine-tuning (``backbone.pt``) and keeps beside it (``heads.pt``).
         until_step: ``config -> int | None``: stop early with a checkpoint (to split a run); None = the end.
+        preflight: ``config -> list of problems`` (one line each, naming the option) found without building
+            anything, e.g. a data folder that does not exist; the job reports them all before it starts.
     """
 
     name: str
@@ -92,3 +94,4 @@ class MethodSpec:
     eval_plan: Callable[[Any], EvalPlan | None]
     transfer: Callable[[Any], tuple[StateDict, StateDict | None]]
     until_step: Callable[[Any], int | None] = lambda config: None
+    preflight: Callable[[Any], list[str]] = lambda config: []

@@ -3,6 +3,7 @@ EMA, per-parameter clipping, the finite-loss check, the preemption flag, checkpo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -18,6 +19,7 @@ from torch import nn
 from reidscale.engine.checkpoint import complete_tags, rng_state, set_rng_state, step_tag
 from reidscale.engine.clipping import clip_per_param_
 from reidscale.engine.config import (
+    CheckpointConfig,
     ClipConfig,
     OptimizerConfig,
     ScheduleConfig,
@@ -168,9 +170,45 @@ def test_deepspeed_json_clipping_accumulation_and_file(tmp_path) -> None:
     ],
 )
 def test_config_errors_name_the_field(changes: dict, world: int, message: str) -> None:
-    config = TrainConfig(**{"micro_batch": 8, "max_steps": 5, **changes})
+    with pytest.raises(ValueError, match=message):  # refused at construction or by check_train_config
+        check_train_config(TrainConfig(**{"micro_batch": 8, "max_steps": 5, **changes}), world)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"zero_stage": 7}, r"^train\.zero_stage must be 0, 1, 2 or 3, got 7$"),
+        ({"precision": "fp8"}, r"^train\.precision must be one of"),
+        ({"micro_batch": 0}, r"^train\.micro_batch must be >= 1, got 0$"),
+        ({"schedule": ScheduleConfig(min_lr=-1.0)}, r"^train\.schedule\.min_lr must be >= 0"),
+        ({"checkpoint": CheckpointConfig(keep_last=0)}, r"^train\.checkpoint\.keep_last must be >= 1"),
+    ],
+)
+def test_bad_field_refused_at_construction(changes: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        check_train_config(config, world)
+        TrainConfig(**changes)
+
+
+def test_construction_leaves_world_and_job_checks_to_check_train_config() -> None:
+    config = TrainConfig(precision="fp16")  # micro_batch, max_steps and epochs all null: the jobs derive them
+    with pytest.raises(ValueError, match=r"micro_batch is null"):
+        check_train_config(dataclasses.replace(config, precision="fp32"))
+    config = TrainConfig(micro_batch=8, max_steps=1, global_batch=60)
+    with pytest.raises(ValueError, match=r"global_batch=60 must be a multiple"):
+        check_train_config(config, world_size=2)
+
+
+def test_load_config_and_config_resolved_refuse_a_bad_train_field(capsys: pytest.CaptureFixture[str]) -> None:
+    from reidscale.cli import main
+    from reidscale.config import load_config
+    from reidscale.jobs.roots import root_for
+
+    with pytest.raises(ValueError, match=r"train\.zero_stage must be 0, 1, 2 or 3, got 7"):
+        load_config(root_for("pretrain"), None, ["--train.zero_stage", "7"])
+    assert main(["config", "pretrain", "--resolved", "--train.zero_stage", "7"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip() == "reidscale config: error: train.zero_stage must be 0, 1, 2 or 3, got 7"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is allowed with a GPU")

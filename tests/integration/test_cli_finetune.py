@@ -149,3 +149,26 @@ def test_finetune_derives_its_batch_and_rejects_uneven_identities_or_a_set_micro
     config.train.grad_accumulation, config.train.micro_batch = None, 16
     with pytest.raises(ValueError, match=r"train.micro_batch is set to 16, but finetune derives it \(from"):
         train_settings(spec, config, 1, 1)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "resnet34"])
+def test_finetune_refuses_corrupt_or_foreign_weights_in_one_line(
+    tmp_path: Path, market: Path, damage: str
+) -> None:
+    from reidscale.models import create_backbone
+
+    weights = tmp_path / f"{damage}.pt"
+    torch.save(create_backbone("resnet34" if damage == "resnet34" else "resnet18").state_dict(), weights)
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    config = finetune_run_config(tmp_path, market, damage)
+    proc = run_command(_cli("finetune", "--config", str(config), "--model.weights", str(weights)))
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    first = proc.stderr.strip().splitlines()[0]
+    mismatch = {
+        "truncated": "not a readable PyTorch weights file",
+        "resnet34": "the weights do not fit backbone 'resnet18' (0 missing, ",
+    }[damage]
+    assert first.startswith(f"reidscale finetune: error: model.weights: {weights}: {mismatch}"), proc.stderr
+    assert not (tmp_path / "runs").exists()  # refused before the run folder was created

@@ -294,3 +294,39 @@ def test_pretrain_rejects_bad_settings(tmp_path: Path, corpus: Path) -> None:
     command = [sys.executable, "-m", "reidscale", "pretrain", "--config", str(config_path)]
     proc = run_command([*command, "--scl.num_negatives=0"])
     assert proc.returncode == 2 and "scl.num_negatives must be >= 1" in proc.stderr, proc.stderr
+
+
+def test_pretrain_without_evaluation_or_cameras_prints_no_empty_lines(tmp_path: Path) -> None:
+    """Evaluation off (pretrain.eval_dataset null): no evaluation lines at all; crops without camera ids
+    (a LUPerson-NL folder): rank 0 says once that same-camera exclusion is off."""
+    from PIL import Image
+
+    folder = tmp_path / "luperson"
+    generator = torch.Generator().manual_seed(0)
+    for video in range(2):
+        (folder / f"video{video}").mkdir(parents=True)
+        for pid in range(10):
+            for frame in range(2):
+                pixels = torch.randint(0, 256, (64, 32, 3), generator=generator, dtype=torch.uint8)
+                Image.fromarray(pixels.numpy()).save(folder / f"video{video}" / f"{pid}_{frame}_0.jpg")
+    config = _config(tmp_path, folder, "no_eval")
+    proc = _run(
+        [
+            *(sys.executable, "-m", "reidscale", "pretrain", "--config", str(config)),
+            "--pretrain_data.source=luperson_nl",
+            "--pretrain_data.frame_stride=1",
+            "--pretrain_data.max_per_tracklet=2",
+            "--pretrain.eval_dataset=null",
+            "--train.epochs=1",
+        ]
+    )
+    lines = proc.stdout.splitlines()
+    assert "" not in [line.strip() for line in lines], proc.stdout
+    assert not any("mAP" in line or "test-time camera term" in line for line in lines), proc.stdout
+    camera_lines = [line for line in lines if line.startswith("cameras:")]
+    assert camera_lines == [
+        "cameras: every training image has camera id -1 (unknown): same-camera exclusion is off "
+        "(scl.cam_penalty=0.04 adds the same to every row)"
+    ]
+    results = json.loads((tmp_path / "runs" / "no_eval" / "results.json").read_text())
+    assert (results["before"], results["after"], results["evaluations"]) == ({}, {}, [])

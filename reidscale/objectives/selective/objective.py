@@ -72,9 +72,15 @@ class SelectiveContrastive(Objective):
     # ------------------------------------------------------------------------------------- set-up
     def setup(self, context: TrainingContext) -> None:
         """Banks on ``context.device`` (this rank's shard), the epoch length of the warm-up, and, unless
-        resuming, the banks filled by one pass over this rank's rows (``context.init_batches``)."""
+        resuming, the banks filled by one pass over this rank's rows (``context.init_batches``). Reports
+        (rank 0) when no training image has a camera id, so the same-camera penalty changes nothing."""
         banks = self.attach_banks(context.device, context.rank, context.world_size)
         self.set_steps_per_epoch(context.steps_per_epoch)
+        if self.num_rows and bool((self._cameras == -1).all()):
+            context.report(
+                "cameras: every training image has camera id -1 (unknown): same-camera exclusion is off "
+                f"(scl.cam_penalty={self.config.cam_penalty} adds the same to every row)"
+            )
         if context.resuming:
             return
         if context.init_batches is None:
