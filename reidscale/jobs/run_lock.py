@@ -214,6 +214,7 @@ def claim_run_folder(config: Any) -> Iterator[Path]:
     metrics_path = Path(config.tracking.jsonl_path or run_dir / "metrics.jsonl")
     checkpoint_dir = Path(checkpoint.dir) if checkpoint.dir else run_dir / "checkpoints"
     lock_path: Path | None = None
+    created = _missing_folders(run_dir)
     try:
         lock_path = acquire_run_lock(run_dir)
         check_fresh_run_folder(run_dir, checkpoint.resume, metrics_path, checkpoint_dir)
@@ -227,3 +228,24 @@ def claim_run_folder(config: Any) -> Iterator[Path]:
         yield run_dir
     finally:
         release_run_lock(lock_path)
+        _remove_if_empty(created)
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    for path in (folder, *folder.parents):
+        if path.exists():
+            break
+        missing.append(path)
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove the folders this run created, deepest first, as long as they are empty: a run refused or
+    failed before it wrote anything leaves nothing behind."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (the run wrote something) or already gone
+            return
