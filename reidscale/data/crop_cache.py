@@ -7,6 +7,8 @@ Layout of one cache (``<cache_dir>/crops_<H>x<W>_<fingerprint[:16]>/``)::
     rows.npz    per row: record (position in the input records), camera, tracklet, pid, frame, box [N, 4],
                 source / video (int32 indices into the string tables ``sources`` / ``videos``)
     meta.json   format version, fingerprint, H, W, record and row counts, decode statistics
+    skipped.jsonl  one line per skipped record the decoders could name: ``{"file", "record", "reason"}``
+                (record = position in the input records); absent when none was skipped
 
 The folder is written under a temporary name and renamed into place once complete, so a crash mid-build
 leaves no folder that looks like a cache (only a ``.building_*`` folder to delete). The fingerprint covers
@@ -42,14 +44,15 @@ import numpy as np
 
 from reidscale.data.decode.geometry import clip_box
 from reidscale.data.decode.loader import build_crop_loader
-from reidscale.data.decode.stats import BOX_OUTSIDE_FRAME, DecodeStats
+from reidscale.data.decode.stats import BOX_OUTSIDE_FRAME, DecodeStats, SkippedRecord
 from reidscale.data.records import CropRecord
 from reidscale.utils.dist import get_rank, get_world_size
-from reidscale.utils.io import atomic_write, atomic_write_json
+from reidscale.utils.io import atomic_write, atomic_write_json, atomic_write_text
 
 CACHE_FORMAT_VERSION = 1
 UNREADABLE_IMAGE = "unreadable_image"  # skip reason: PIL cannot open or decode the image file
 CACHE_STATUSES: tuple[str, ...] = ("built", "reused", "opened")
+SKIPPED_FILE = "skipped.jsonl"
 DECODE_BATCH = 64
 LOG_EVERY_S = 10.0
 CropProgressCallback = Callable[[int, int], None]  # (records handled so far, total records)
@@ -135,10 +138,29 @@ def open_crop_cache(folder: str | os.PathLike, status: str = "opened") -> CropCa
     with np.load(folder / "rows.npz", allow_pickle=False) as table:
         rows = {name: table[name] for name in table.files if name not in ("sources", "videos")}
         sources, videos = table["sources"].tolist(), table["videos"].tolist()
-    stats = DecodeStats(**meta["stats"])
+    stats = DecodeStats(**meta["stats"], skipped_records=read_skipped_records(folder / SKIPPED_FILE))
     return CropCache(
         folder, meta["height"], meta["width"], meta["num_records"], rows, sources, videos, stats, status
     )
+
+
+def skipped_records_jsonl(entries: Sequence[SkippedRecord]) -> str:
+    """``entries`` as JSON lines ``{"file": ..., "record": ..., "reason": ...}`` (one per entry, each ending
+    in a newline; "" for none)."""
+    return "".join(json.dumps(entry.as_dict()) + "\n" for entry in entries)
+
+
+def read_skipped_records(path: Path) -> list[SkippedRecord]:
+    """The entries of a ``skipped.jsonl`` written by ``skipped_records_jsonl``; [] when ``path`` is absent."""
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    entries = []
+    for line in lines:
+        if line.strip():
+            row = json.loads(line)
+            entries.append(SkippedRecord(str(row["file"]), int(row["record"]), str(row["reason"])))
+    return entries
 
 
 def _load_image(record: CropRecord, out_size: tuple[int, int]) -> np.ndarray | str:
@@ -208,14 +230,14 @@ def _decode_into(
             crops[rows] = batch.cpu().numpy()
             decoded[rows] = True
             progress.add(len(rows))
-        stats.merge(loader.stats)
+        stats.merge(loader.stats, positions=video_positions)
         progress.add(len(video_positions) - int(decoded.sum()))  # the skipped ones
     if image_positions:
         with ThreadPoolExecutor(max_workers=num_threads) as pool:
             images = pool.map(lambda i: _load_image(records[i], out_size), image_positions)
             for position, result in zip(image_positions, images, strict=True):
                 if isinstance(result, str):
-                    stats.count_skip(result)
+                    stats.skip_records(result, records[position].source, [position])
                 else:
                     crops[position] = result
                     decoded[position] = True
@@ -309,6 +331,8 @@ def _write_cache(
             "num_rows": int(decoded.sum()),
             "stats": {"decoded_frames": stats.decoded_frames, "crops": stats.crops, "skipped": stats.skipped},
         }
+        if stats.skipped_records:
+            atomic_write_text(building / SKIPPED_FILE, skipped_records_jsonl(stats.skipped_records))
         atomic_write_json(building / "meta.json", meta)
         try:
             os.rename(building, folder)

@@ -154,6 +154,10 @@ class PretrainImageSet(Dataset):
     recipe (``view_spec`` = ``flip_only`` at the cache's size): ``sample_flip`` draws once from torch's global
     generator, which the DataLoader seeds per worker (no draw when ``flip_prob`` is 0 or ``augment`` is
     off). ``test_view(i)`` = the image unflipped.
+
+    ``summary`` (one line), ``skipped`` ({"reader": {reason: n}, "decode": {reason: n}}) and
+    ``skipped_entries`` (``{"file", "record", "reason"}`` per skipped record the decoders named; record =
+    position in the selected records) are filled by ``build_pretrain_set``.
     """
 
     def __init__(self, cache: CropCache, flip_prob: float = 0.5, augment: bool = True) -> None:
@@ -162,6 +166,8 @@ class PretrainImageSet(Dataset):
         self.cache, self.flip_prob, self.augment = cache, float(flip_prob), bool(augment)
         self.view_spec = flip_only((cache.height, cache.width), flip_p=self.flip_prob)
         self.summary = ""
+        self.skipped: dict[str, dict[str, int]] = {"reader": {}, "decode": {}}
+        self.skipped_entries: list[dict[str, str | int]] = []
 
     def __len__(self) -> int:
         return self.cache.num_rows
@@ -184,6 +190,7 @@ class PretrainImageSet(Dataset):
         """The same images, never flipped (e.g. for the memory-bank initialisation pass)."""
         other = PretrainImageSet(self.cache, self.flip_prob, augment=False)
         other.summary = self.summary
+        other.skipped, other.skipped_entries = self.skipped, self.skipped_entries
         return other
 
     def test_view(self, index: int) -> torch.Tensor:
@@ -259,7 +266,8 @@ def build_pretrain_set(
     """Read the manifest, select the records, build or reuse the crop cache of crops ``image_size``
     (height, width: the training input size, ``model.img_size``), and return the dataset with this rank's
     sampler. ``dataset.summary`` holds (and the log gets) one line of what was read, selected,
-    skipped and cached."""
+    skipped and cached; ``dataset.skipped`` the skip counts by reason of the manifest reader and of the
+    decoders, ``dataset.skipped_entries`` the decoders' skipped records (the reader's are counted only)."""
     manifest = load_manifest(config.source, config.path, **config.manifest_options)
     records = select_records(manifest, config.frame_stride, config.max_per_tracklet)
     if not records:
@@ -282,6 +290,8 @@ def build_pretrain_set(
         f"{image_size[0]}x{image_size[1]} {cache.status} at {cache.folder} "
         f"(decode: {cache.stats.summary()}); {len(sampler)} batches of {batch_per_rank} per rank"
     )
+    dataset.skipped = {"reader": dict(manifest.skipped), "decode": dict(cache.stats.skipped)}
+    dataset.skipped_entries = [entry.as_dict() for entry in cache.stats.skipped_records]
     logger.info(dataset.summary)
     return dataset, sampler
 

@@ -16,9 +16,11 @@ or one plain process). For the method's spec (``reidscale.methods``):
    what ``create_backbone(model.name)`` loads and ``finetune`` / ``extract`` / ``export`` take as
    ``model.weights``), ``backbone.safetensors`` (the same tensors), ``heads.pt`` (the method's heads,
    when it keeps any), ``features.pt`` (the last evaluation's features), ``results.json``
-   ``{"status": "completed", "steps", "total_steps", "before", "after", "evaluations", "protocol"}``
-   (fractions) and ``rank_list.png``
-   (``eval.num_visualize`` queries).
+   ``{"status": "completed", "steps", "total_steps", "before", "skipped", "after", "evaluations",
+   "protocol"}`` (fractions; ``skipped``: the data's skip counts by reason, e.g. ``{"reader": {...},
+   "decode": {...}}``, ``{}`` when the method reports none), ``skipped.jsonl`` (one
+   ``{"file", "record", "reason"}`` line per skipped record the data named; absent when none) and
+   ``rank_list.png`` (``eval.num_visualize`` queries).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from reidscale.jobs.run_lock import claim_run_folder
 from reidscale.methods.spec import MethodSpec
 from reidscale.objectives.base import TrainingContext
 from reidscale.utils.dist import get_rank, get_world_size
-from reidscale.utils.io import atomic_write_json
+from reidscale.utils.io import atomic_write_json, atomic_write_text
 
 
 @dataclass
@@ -95,6 +97,9 @@ def run_training(config: Any, spec: MethodSpec) -> TrainSummary:
         objective = spec.build_objective(config, backbone_from_config(config.model), data)
         if rank == 0:
             write_run_record(run_dir / spec.command, config)
+            if data.facts.get("skipped_entries"):  # one line per skipped record, beside results.json
+                lines = "".join(json.dumps(entry) + "\n" for entry in data.facts["skipped_entries"])
+                atomic_write_text(run_dir / "skipped.jsonl", lines)
         plan = spec.eval_plan(config)
         size = config.model.input_size
         evaluator = (
@@ -130,6 +135,7 @@ def run_training(config: Any, spec: MethodSpec) -> TrainSummary:
                 "steps": result.steps_done,
                 "total_steps": total,
                 "before": before,
+                "skipped": data.facts.get("skipped", {}),
                 "evaluations": evaluator.history if evaluator is not None else [],
                 "protocol": {
                     "camera_penalty": config.eval.camera_penalty,

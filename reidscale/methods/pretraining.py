@@ -69,7 +69,8 @@ INDEXED_IMAGES_SECTION = Section(
 
 def indexed_images(config: Any, rank: int, world_size: int) -> TrainingData:
     """The fixed, indexed image set of ``pretrain_data`` at the input size ``model.img_size``; each rank draws
-    ``pretrain.batch_size / world_size`` images per step. Facts: ``cameras`` [N], ``pids`` [N] (tracklets).
+    ``pretrain.batch_size / world_size`` images per step. Facts: ``cameras`` [N], ``pids`` [N] (tracklets),
+    ``skipped`` (reader / decode reason → count) and ``skipped_entries`` (the skipped records named).
 
     Raises:
         ValueError: ``pretrain.batch_size`` does not split evenly over the ranks.
@@ -95,7 +96,12 @@ def indexed_images(config: Any, rank: int, world_size: int) -> TrainingData:
         num_workers=config.pretrain_data.num_workers,
         summary=dataset.summary,
         init_batches=init_batches,
-        facts={"cameras": dataset.cameras, "pids": dataset.pids},
+        facts={
+            "cameras": dataset.cameras,
+            "pids": dataset.pids,
+            "skipped": dataset.skipped,
+            "skipped_entries": dataset.skipped_entries,
+        },
     )
 
 

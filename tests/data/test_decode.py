@@ -172,6 +172,16 @@ def test_corrupt_and_invalid_records_are_skipped_and_counted(videos) -> None:
     assert 5 <= truncated_served < NUM_FRAMES
     assert stats.num_skipped + stats.crops == len(records)
     assert "skipped" in stats.summary() and "unreadable_video: 4" in stats.summary()
+    # Every record not served is named once, with its file; the hand-made bad ones with their reason.
+    named = {entry.record: entry for entry in stats.skipped_records}
+    assert len(named) == len(stats.skipped_records) == stats.num_skipped
+    assert set(named) == set(range(len(records))) - set(served)
+    assert all(entry.file == records[entry.record].source for entry in stats.skipped_records)
+    last = len(records) - 1
+    expected = {0: "unreadable_video", 1: "unreadable_video", 2: "unreadable_video"}
+    expected |= {last - 4: "missing_frame", last - 3: "box_outside_frame", last - 2: "not_a_video_record"}
+    expected |= {last - 1: "unreadable_video"}
+    assert {index: named[index].reason for index in expected} == expected
 
 
 def test_loader_batches_cover_every_record_once(videos) -> None:

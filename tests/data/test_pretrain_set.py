@@ -8,6 +8,7 @@ compacted ``.npy``; the sampler's invariants (each index once per epoch, disjoin
 from __future__ import annotations
 
 import dataclasses
+import json
 import multiprocessing
 import shutil
 from pathlib import Path
@@ -21,7 +22,7 @@ from torchvision import transforms as T
 from reidscale.data import crop_cache
 from reidscale.data.crop_cache import UNREADABLE_IMAGE, build_crop_cache, open_crop_cache
 from reidscale.data.decode.loader import build_crop_loader, crops_by_record
-from reidscale.data.decode.stats import UNREADABLE_VIDEO
+from reidscale.data.decode.stats import BOX_OUTSIDE_FRAME, UNREADABLE_VIDEO
 from reidscale.data.manifests import load_manifest
 from reidscale.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from reidscale.data.pretrain_set import (
@@ -178,6 +179,42 @@ def test_corrupt_video_and_unreadable_image_are_skipped_counted_and_compacted(
     clean = build_crop_cache([records[i] for i in kept], tmp_path / "clean", SIZE, backend="pyav")
     assert np.array_equal(on_disk, np.asarray(clean.crops))
     assert (cache.folder / "crops.npy").stat().st_size == clean.folder.joinpath("crops.npy").stat().st_size
+
+
+def test_skipped_records_are_named_with_file_record_and_reason_also_when_reused(
+    video_records, corpus: Path, tmp_path: Path
+) -> None:
+    broken_image = tmp_path / "broken.jpg"
+    broken_image.write_bytes(b"\xff\xd8 truncated")
+    missing_video = str(tmp_path / "missing.avi")
+    good_image = load_manifest("market", corpus / "market").records[0]
+    records = [
+        dataclasses.replace(good_image, source=str(broken_image)),  # 0: image, so video positions shift
+        *video_records[:3],  # 1, 2, 3
+        dataclasses.replace(video_records[0], box=(5000, 5000, 10, 10)),  # 4: box outside the frame
+        dataclasses.replace(video_records[1], source=missing_video),  # 5: the file does not exist
+        good_image,  # 6
+    ]
+    expected = [
+        {"file": str(broken_image), "record": 0, "reason": UNREADABLE_IMAGE},
+        {"file": video_records[0].source, "record": 4, "reason": BOX_OUTSIDE_FRAME},
+        {"file": missing_video, "record": 5, "reason": UNREADABLE_VIDEO},
+    ]
+    built = build_crop_cache(records, tmp_path / "cache", SIZE, backend="pyav")
+    reused = build_crop_cache(records, tmp_path / "cache", SIZE, backend="pyav")
+    assert (built.status, reused.status) == ("built", "reused")
+    for cache in (built, reused):
+        entries = [entry.as_dict() for entry in cache.stats.skipped_records]
+        assert sorted(entries, key=lambda e: e["record"]) == expected
+        assert cache.stats.skipped == {UNREADABLE_IMAGE: 1, BOX_OUTSIDE_FRAME: 1, UNREADABLE_VIDEO: 1}
+        assert cache.rows["record"].tolist() == [1, 2, 3, 6]
+    lines = (built.folder / "skipped.jsonl").read_text(encoding="utf-8").splitlines()
+    assert sorted((json.loads(line) for line in lines), key=lambda e: e["record"]) == expected
+
+
+def test_a_cache_without_skips_writes_no_skipped_file(video_records, tmp_path: Path) -> None:
+    cache = build_crop_cache(video_records[:3], tmp_path, SIZE, backend="pyav")
+    assert cache.stats.skipped_records == [] and not (cache.folder / "skipped.jsonl").exists()
 
 
 def test_a_failed_build_leaves_no_cache_and_the_next_build_succeeds(video_records, tmp_path, monkeypatch):
@@ -361,6 +398,9 @@ def test_build_pretrain_set_from_video_then_reuse(corpus: Path, tmp_path: Path) 
     assert first["image"].shape == (4, 3, *SIZE) and first["index"].tolist() == next(iter(sampler))
     again, _ = build_pretrain_set(config, SIZE, batch_per_rank=4, seed=0, rank=0, world_size=1)
     assert " reused at " in again.summary and again.cache.folder == dataset.cache.folder
+    manifest = load_manifest("video_tracklets", corpus)
+    for built in (dataset, again, again.without_augmentation()):
+        assert built.skipped == {"reader": manifest.skipped, "decode": {}} and built.skipped_entries == []
 
 
 def test_default_cache_dir_is_beside_the_data(corpus: Path, tmp_path: Path) -> None:

@@ -136,6 +136,8 @@ def test_single_rank_outputs(single_run: tuple[Path, str], corpus: Path) -> None
         assert set(results[phase]) >= {"mAP", "R1", "mINP"}
         assert all(0.0 <= results[phase][key] <= 1.0 for key in ("mAP", "R1", "mINP"))
     assert results["protocol"] == {"camera_penalty": 0.0, "rerank": False}
+    assert set(results["skipped"]) == {"reader", "decode"}  # the clean corpus: counts only, no list
+    assert not (run_dir / "skipped.jsonl").exists()
     assert results["after"] != results["before"]
     features = torch.load(run_dir / "features.pt", weights_only=False)
     assert features["query_feats"].shape[1] == 32 + 4 * 8  # test_feature "concat" = [g | l_cat]

@@ -193,7 +193,7 @@ def crop_records_dali(
         if plan.video.codec in supported:
             plans.append(plan)
         else:
-            stats.count_skip(UNSUPPORTED_CODEC, len(plan.tasks))
+            stats.skip_records(UNSUPPORTED_CODEC, plan.video.path, [task.record_index for task in plan.tasks])
     chunks = make_chunks(plans, out_size, chunk_len)
     batches = [chunks[start : start + chunks_per_batch] for start in range(0, len(chunks), chunks_per_batch)]
     next_batch = 0
@@ -217,7 +217,9 @@ def crop_records_dali(
                 int(index) for chunk in batches[next_batch] for index in chunk.record_indices if index >= 0
             ]
             if failed_records is None:
-                stats.count_skip(DALI_BATCH_ERROR, len(failed))
+                for chunk in batches[next_batch]:
+                    indices = [int(index) for index in chunk.record_indices if index >= 0]
+                    stats.skip_records(DALI_BATCH_ERROR, chunk.path, indices)
             else:
                 failed_records.extend(failed)
             next_batch += 1

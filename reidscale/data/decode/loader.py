@@ -34,7 +34,8 @@ def _pyav_batches(
 class CropLoader:
     """Iterable of (record indices int64 [B], crops uint8 [B, H, W, 3]) on ``device``; see build_crop_loader.
 
-    ``stats`` accumulates over every pass (decoded frames, crops, skipped records by reason).
+    ``stats`` accumulates over every pass (decoded frames, crops, skipped records by reason, and which
+    records: indices into ``records`` once a pass ends).
     """
 
     def __init__(
@@ -87,14 +88,22 @@ class CropLoader:
                 failed_records=failed,
                 **self.dali_options,
             )
-            for indices, crops in dali_crops:
-                yield positions[indices], crops
+            first_skip = len(self.stats.skipped_records)
+            try:
+                for indices, crops in dali_crops:
+                    yield positions[indices], crops
+            finally:  # the subset's skipped records, numbered in the subset: back to this loader's records
+                self.stats.remap_records(first_skip, to_dali)
             to_pyav = sorted(to_pyav + [to_dali[index] for index in failed or []])
         if to_pyav:
             subset = [self.records[position] for position in to_pyav]
             positions = torch.tensor(to_pyav, dtype=torch.int64)
-            for indices, crops in _pyav_batches(subset, self.out_size, self.stats, self.video_cache):
-                yield positions[indices], crops
+            first_skip = len(self.stats.skipped_records)
+            try:
+                for indices, crops in _pyav_batches(subset, self.out_size, self.stats, self.video_cache):
+                    yield positions[indices], crops
+            finally:
+                self.stats.remap_records(first_skip, to_pyav)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         target = (

@@ -79,7 +79,7 @@ def _crops_of_video(
     try:
         container = av.open(plan.video.path)
     except (av.error.FFmpegError, OSError):
-        stats.count_skip(UNREADABLE_VIDEO, len(plan.tasks))
+        stats.skip_records(UNREADABLE_VIDEO, plan.video.path, [task.record_index for task in plan.tasks])
         return
     with container:
         stream = container.streams.video[0]
@@ -93,11 +93,11 @@ def _crops_of_video(
             try:
                 frame = walker.frame(frame_index)
             except av.error.FFmpegError:
-                stats.count_skip(DECODE_ERROR, len(same_frame))
+                stats.skip_records(DECODE_ERROR, plan.video.path, [task.record_index for task in same_frame])
                 walker.restart()
                 continue
             if frame is None:
-                stats.count_skip(MISSING_FRAME, len(same_frame))
+                stats.skip_records(MISSING_FRAME, plan.video.path, [task.record_index for task in same_frame])
                 continue
             for task in same_frame:
                 stats.crops += 1

@@ -56,7 +56,7 @@ def plan_video_crops(
     by_video: dict[str, list[int]] = {}
     for index, record in enumerate(records):
         if not record.is_video:
-            stats.count_skip(NOT_A_VIDEO_RECORD)
+            stats.skip_records(NOT_A_VIDEO_RECORD, record.source, [index])
             continue
         by_video.setdefault(record.source, []).append(index)
     plans = []
@@ -65,18 +65,18 @@ def plan_video_crops(
             try:
                 cache[path] = probe_video(path)
             except VideoOpenError:
-                stats.count_skip(UNREADABLE_VIDEO, len(indices))
+                stats.skip_records(UNREADABLE_VIDEO, path, indices)
                 continue
         video = cache[path]
         tasks = []
         for index in indices:
             record = records[index]
             if record.frame >= video.num_frames:
-                stats.count_skip(MISSING_FRAME)
+                stats.skip_records(MISSING_FRAME, path, [index])
                 continue
             box = clip_box(record.box, video.width, video.height)
             if box is None:
-                stats.count_skip(BOX_OUTSIDE_FRAME)
+                stats.skip_records(BOX_OUTSIDE_FRAME, path, [index])
                 continue
             tasks.append(CropTask(index, record.frame, box))
         if tasks:
