@@ -144,11 +144,12 @@ def _config(output_dir: Path, name: str, resume: str | None = None) -> SimpleNam
 def test_claim_holds_the_lock_inside_the_block_and_releases_it_on_refusal(tmp_path: Path) -> None:
     with claim_run_folder(_config(tmp_path, "a")) as run_dir:
         assert run_dir == tmp_path / "a" and (run_dir / LOCK_NAME).is_file()
-    assert not (run_dir / LOCK_NAME).exists()
+    assert not run_dir.exists()  # nothing was written: the folder the claim created is gone again
+    run_dir.mkdir()
     (run_dir / "results.json").write_text("{}")
     with pytest.raises(ValueError, match="holds a finished run"), claim_run_folder(_config(tmp_path, "a")):
         pass
-    assert not (run_dir / LOCK_NAME).exists()
+    assert sorted(path.name for path in run_dir.iterdir()) == ["results.json"]  # the lock went, the run stays
     with claim_run_folder(_config(tmp_path, "a", resume="auto")):
         pass
 
@@ -166,6 +167,7 @@ def _claim_on_rank(output_dir: Path, rank: int, world_size: int) -> str:
 
 def test_rank0s_refusal_is_raised_on_every_rank(tmp_path: Path) -> None:
     assert run_on_two_ranks(partial(_claim_on_rank, tmp_path), tmp_path) == ["entered, lock True"] * 2
+    (tmp_path / "run").mkdir()
     (tmp_path / "run" / "results.json").write_text("{}")
     outcomes = run_on_two_ranks(partial(_claim_on_rank, tmp_path), tmp_path)
     assert outcomes[0] == outcomes[1] and "holds a finished run (results.json)" in outcomes[0]
