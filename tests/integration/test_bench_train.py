@@ -144,8 +144,12 @@ def test_smoke_ddp_zero1_and_a_failing_stage(tmp_path) -> None:
     assert zero1["deepspeed_stage"] == "1" and ddp["backend"] == "gloo"
     assert (zero1["micro_batch"], zero1["timed_steps"], zero1["threads_per_rank"]) == (4, 2, 1)
     for row in (ddp, zero1):
-        # 2 ranks × 4 images per step; ranks synchronise every step, so total ≈ 8 / step time
-        assert float(row["images_per_s_total"]) == pytest.approx(8 / float(row["step_s_median"]), rel=0.2)
+        # The total is the sum of the ranks' own rates. Over 2 timed steps a median is a mean, so the
+        # median total is exactly twice the mean of the per-rank medians (each rank times its own step).
+        total, per_rank = float(row["images_per_s_total"]), float(row["images_per_s_per_rank"])
+        assert total == pytest.approx(2 * per_rank, abs=2e-3)
+        # rank 0 alone contributes mean(4 / step time) >= 4 / mean(step time) (Jensen), so the total does too
+        assert total >= 4 / float(row["step_s_median"]) - 1e-3
         assert float(row["peak_mem_mb"]) >= float(row["start_rss_mb"]) > 0
     ratio = float(zero1["images_per_s_total"]) / float(ddp["images_per_s_total"])
     assert float(zero1["ratio_vs_ddp"]) == pytest.approx(ratio, abs=1e-3)
