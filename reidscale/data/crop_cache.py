@@ -44,8 +44,8 @@ import numpy as np
 
 from reidscale.data.decode.geometry import clip_box
 from reidscale.data.decode.loader import build_crop_loader
-from reidscale.data.decode.stats import BOX_OUTSIDE_FRAME, DecodeStats, SkippedRecord
-from reidscale.data.records import CropRecord
+from reidscale.data.decode.stats import BOX_OUTSIDE_FRAME, DecodeStats
+from reidscale.data.records import CropRecord, SkippedRecord
 from reidscale.utils.dist import get_rank, get_world_size
 from reidscale.utils.io import atomic_write, atomic_write_json, atomic_write_text
 
@@ -158,8 +158,7 @@ def read_skipped_records(path: Path) -> list[SkippedRecord]:
     entries = []
     for line in lines:
         if line.strip():
-            row = json.loads(line)
-            entries.append(SkippedRecord(str(row["file"]), int(row["record"]), str(row["reason"])))
+            entries.append(SkippedRecord.from_dict(json.loads(line)))
     return entries
 
 

@@ -156,8 +156,10 @@ class PretrainImageSet(Dataset):
     off). ``test_view(i)`` = the image unflipped.
 
     ``summary`` (one line), ``skipped`` ({"reader": {reason: n}, "decode": {reason: n}}) and
-    ``skipped_entries`` (``{"file", "record", "reason"}`` per skipped record the decoders named; record =
-    position in the selected records) are filled by ``build_pretrain_set``.
+    ``skipped_entries`` (``{"stage", "file", "record", "reason"}`` per skipped item: stage "reader" for the
+    manifest reader, record = line of a tracklet file / index of a JSON entry / −1 for a whole file; stage
+    "decode" for the decoders, record = position in the selected records) are filled by
+    ``build_pretrain_set``.
     """
 
     def __init__(self, cache: CropCache, flip_prob: float = 0.5, augment: bool = True) -> None:
@@ -267,7 +269,7 @@ def build_pretrain_set(
     (height, width: the training input size, ``model.img_size``), and return the dataset with this rank's
     sampler. ``dataset.summary`` holds (and the log gets) one line of what was read, selected,
     skipped and cached; ``dataset.skipped`` the skip counts by reason of the manifest reader and of the
-    decoders, ``dataset.skipped_entries`` the decoders' skipped records (the reader's are counted only)."""
+    decoders, ``dataset.skipped_entries`` every skipped item the reader and the decoders named."""
     manifest = load_manifest(config.source, config.path, **config.manifest_options)
     records = select_records(manifest, config.frame_stride, config.max_per_tracklet)
     if not records:
@@ -291,7 +293,10 @@ def build_pretrain_set(
         f"(decode: {cache.stats.summary()}); {len(sampler)} batches of {batch_per_rank} per rank"
     )
     dataset.skipped = {"reader": dict(manifest.skipped), "decode": dict(cache.stats.skipped)}
-    dataset.skipped_entries = [entry.as_dict() for entry in cache.stats.skipped_records]
+    dataset.skipped_entries = [
+        *({"stage": "reader", **entry.as_dict()} for entry in manifest.skipped_entries),
+        *({"stage": "decode", **entry.as_dict()} for entry in cache.stats.skipped_records),
+    ]
     logger.info(dataset.summary)
     return dataset, sampler
 

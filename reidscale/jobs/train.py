@@ -19,7 +19,7 @@ or one plain process). For the method's spec (``reidscale.methods``):
    ``{"status": "completed", "steps", "total_steps", "before", "skipped", "after", "evaluations",
    "protocol"}`` (fractions; ``skipped``: the data's skip counts by reason, e.g. ``{"reader": {...},
    "decode": {...}}``, ``{}`` when the method reports none), ``skipped.jsonl`` (one
-   ``{"file", "record", "reason"}`` line per skipped record the data named; absent when none) and
+   ``{"stage", "file", "record", "reason"}`` line per skipped item the data named; absent when none) and
    ``rank_list.png`` (``eval.num_visualize`` queries).
 """
 

@@ -5,7 +5,8 @@ Truths: hand-counted reasons and hand-renumbered record indices.
 
 from __future__ import annotations
 
-from reidscale.data.decode.stats import DecodeStats, SkippedRecord
+from reidscale.data.decode.stats import DecodeStats
+from reidscale.data.records import SkippedRecord
 
 
 def test_skip_records_counts_and_names_each_record() -> None:

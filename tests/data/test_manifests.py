@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from reidscale.data.manifests import (
     read_video_tracklets,
     save_manifest,
 )
+from reidscale.data.manifests.common import KEPT_REASONS
 from reidscale.data.records import WHOLE_IMAGE, CropRecord, Manifest
 
 av = pytest.importorskip("av")  # PyAV is an optional dependency (the data extra)
@@ -56,6 +58,14 @@ def write_lines(path: Path, lines: list[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(line + "\n" for line in lines))
     return path
+
+
+def named_skips(manifest: Manifest, root: Path) -> list[tuple[str, int, str]]:
+    """The skipped items as (file relative to ``root``, record, reason), in the order skipped; checks that
+    every reason but the kept repairs is listed once per counted item."""
+    listed = Counter(entry.reason for entry in manifest.skipped_entries)
+    assert listed == Counter({r: n for r, n in manifest.skipped.items() if r not in KEPT_REASONS})
+    return [(os.path.relpath(e.file, root), e.record, e.reason) for e in manifest.skipped_entries]
 
 
 def rows(manifest: Manifest) -> list[tuple[str, int, tuple[int, int, int, int], int, int, int]]:
@@ -133,6 +143,14 @@ def test_boxes_skipped_and_counted_in_both_modes(corpus: Path) -> None:
         manifest = read_video_tracklets(corpus, strict=strict)
         # empty (w=0), outside (x=70 ≥ 64), clipped (-5..5 → 0..5), outside (x -9..0), kept; street has 3.
         assert manifest.skipped == {"box_empty": 2, "box_outside": 3, "box_clipped": 2}
+        # each skipped box is named by its tracklet file and line (the clipped ones are kept, not listed)
+        assert sorted(named_skips(manifest, corpus)) == [
+            ("tracklets/cam00_v000.txt", 1, "box_empty"),
+            ("tracklets/cam00_v000.txt", 2, "box_outside"),
+            ("tracklets/cam00_v000.txt", 4, "box_outside"),
+            ("tracklets/street.txt", 1, "box_empty"),
+            ("tracklets/street.txt", 2, "box_outside"),
+        ]
         cam00 = [(r.frame, r.box) for r in manifest.records if r.video == "cam00_v000"]
         assert cam00 == [(2, (0, 0, 5, 5)), (4, (30, 20, 10, 10))]
 
@@ -190,6 +208,11 @@ def test_corrupt_video_and_orphan_files(corpus: Path) -> None:
     assert manifest.skipped == {
         "corrupt_video": 1, "tracklets_without_video": 1, "video_without_tracklets": 1, "box_clipped": 1
     }  # fmt: skip
+    assert sorted(named_skips(manifest, corpus)) == [
+        ("tracklets/lost.txt", -1, "tracklets_without_video"),
+        ("videos/cam01_v001.avi", -1, "corrupt_video"),
+        ("videos/silent.avi", -1, "video_without_tracklets"),
+    ]
     assert [(r.video, r.pid) for r in manifest.records] == [("cam00_v000", 0)] * 2 + [
         ("cam00_v000", 1)
     ] * 2 + [("street", 2)]
@@ -204,6 +227,13 @@ def test_non_strict_counts_every_bad_line_exactly(corpus: Path) -> None:
     write_lines(corpus / "tracklets/street.txt", lines)
     manifest = read_video_tracklets(corpus, strict=False)
     assert manifest.skipped == {"malformed_line": 3, "duplicate_box": 1, "frame_missing": 1, "box_clipped": 1}
+    assert named_skips(manifest, corpus / "tracklets") == [
+        ("street.txt", 2, "malformed_line"),
+        ("street.txt", 3, "malformed_line"),
+        ("street.txt", 4, "duplicate_box"),
+        ("street.txt", 7, "malformed_line"),
+        ("street.txt", 5, "frame_missing"),  # found once the video's frame count is known
+    ]
     street = [(r.frame, r.box) for r in manifest.records if r.video == "street"]
     assert street == [(0, (0, 0, 5, 5)), (1, (1, 1, 5, 5))]
 
@@ -295,6 +325,10 @@ def test_luperson_nl_relabels_tracklets_and_sorts_numerically(tmp_path: Path) ->
     write_jpeg(tmp_path / "stray.jpg")
     manifest = read_luperson_nl(tmp_path, strict=False)
     assert manifest.skipped == {"bad_name": 1, "misplaced_image": 1} and len(manifest) == 5
+    assert named_skips(manifest, tmp_path) == [
+        ("stray.jpg", -1, "misplaced_image"),
+        ("vid_b/3_x_0.jpg", -1, "bad_name"),
+    ]
 
 
 def test_luperson_nl_without_images_is_an_error(tmp_path: Path) -> None:
@@ -351,6 +385,7 @@ def test_cion_json_errors_name_entry_and_key(tmp_path: Path, entry: object, comp
         read_cion_json(path)
     manifest = read_cion_json(path, strict=False)
     assert len(manifest) == 2 and sum(manifest.skipped.values()) == 1
+    assert [(file, record) for file, record, _ in named_skips(manifest, tmp_path)] == [("cion.json", 1)]
 
 
 def test_cion_json_container_errors(tmp_path: Path) -> None:
@@ -424,8 +459,14 @@ def test_skip_report_save_round_trip_and_missing_files(corpus: Path, tmp_path: P
         format_skip_report(Manifest("empty", []))
         == "manifest empty: 0 records, 0 identities\n  nothing skipped"
     )
+    manifest.skip("bad_name", corpus / "videos/x.avi", 3)  # the named skips travel with the saved file
     saved = save_manifest(manifest, tmp_path / "cache/manifest.json")
-    assert load_manifest("saved", saved) == manifest
+    assert load_manifest("saved", saved) == manifest and len(manifest.skipped_entries) == 1
+    payload = json.loads(saved.read_text())
+    saved.write_text(json.dumps({**payload, "skipped_entries": [{"file": "a", "reason": "r"}]}))
+    with pytest.raises(ManifestError, match=r"manifest\.json: skipped_entries\[0\] is not a skipped entry"):
+        read_saved_manifest(saved)
+    saved = save_manifest(manifest, tmp_path / "cache/manifest.json")
     assert check_files_exist(manifest) == []
     (corpus / "videos/street.avi").unlink()
     assert check_files_exist(manifest) == [str(corpus / "videos/street.avi")]
@@ -508,6 +549,7 @@ def test_cion_json_entry_leaving_the_corpus(contained: Path, kind: str) -> None:
         read_cion_json(path)
     manifest = read_cion_json(path, strict=False)
     assert manifest.skipped == {"path_outside": 1}
+    assert named_skips(manifest, contained) == [("list.json", 1, "path_outside")]
     # the inside symlink keeps its own name; nothing is resolved in the recorded sources.
     assert [r.source for r in manifest.records] == [
         str(contained / "nested/deep/1.jpg"),
@@ -525,6 +567,7 @@ def test_saved_manifest_record_leaving_the_corpus(contained: Path, tmp_path: Pat
         read_saved_manifest(saved)
     manifest = load_manifest("saved", saved, strict=False)
     assert manifest.skipped == {"path_outside": 1}
+    assert named_skips(manifest, saved.parent) == [("m.json", 1, "path_outside")]
     assert manifest.records == [records[0], records[2]]
 
 

@@ -403,6 +403,27 @@ def test_build_pretrain_set_from_video_then_reuse(corpus: Path, tmp_path: Path) 
         assert built.skipped == {"reader": manifest.skipped, "decode": {}} and built.skipped_entries == []
 
 
+def test_the_readers_skips_are_named_beside_the_decoders(corpus: Path, tmp_path: Path) -> None:
+    """A corrupt tracklet line read with ``strict: false`` is counted and named (stage "reader", its file and
+    line) in the set's ``skipped`` / ``skipped_entries``, which a training run writes to results.json and
+    skipped.jsonl."""
+    copy = tmp_path / "corpus"
+    shutil.copytree(corpus, copy, ignore=shutil.ignore_patterns("market"))
+    tracklets = sorted((copy / "tracklets").glob("*.txt"))[0]
+    line = len(tracklets.read_text().splitlines()) + 1
+    with tracklets.open("a") as handle:
+        handle.write("7,not-a-track,1,1,5,5\n")
+    config = PretrainDataConfig(
+        path=str(copy), frame_stride=8, max_per_tracklet=1, cache_dir=str(tmp_path / "cache"),
+        decode_backend="pyav", manifest_options={"strict": False},
+    )  # fmt: skip
+    dataset, _ = build_pretrain_set(config, SIZE, batch_per_rank=4, seed=0, rank=0, world_size=1)
+    assert dataset.skipped["reader"].get("malformed_line") == 1 and dataset.skipped["decode"] == {}
+    assert dataset.skipped_entries == [
+        {"stage": "reader", "file": str(tracklets), "record": line, "reason": "malformed_line"}
+    ]
+
+
 def test_default_cache_dir_is_beside_the_data(corpus: Path, tmp_path: Path) -> None:
     market = tmp_path / "market"
     shutil.copytree(corpus / "market" / "bounding_box_train", market / "bounding_box_train")

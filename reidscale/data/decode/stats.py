@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from reidscale.data.records import SkippedRecord
+
 # Skip reasons used by the decoders (a record is counted under exactly one of them).
 UNREADABLE_VIDEO = "unreadable_video"  # the container cannot be opened / has no video stream
 MISSING_FRAME = "missing_frame"  # the frame index is beyond the frames the file really holds
@@ -14,20 +16,6 @@ BOX_OUTSIDE_FRAME = "box_outside_frame"  # the box does not intersect the frame
 NOT_A_VIDEO_RECORD = "not_a_video_record"  # record.frame == -1 (an image record, not for a video decoder)
 UNSUPPORTED_CODEC = "unsupported_codec"  # the codec cannot be decoded by the chosen backend/device
 DALI_BATCH_ERROR = "dali_batch_error"  # a DALI batch raised; its records are skipped, the run goes on
-
-
-@dataclass(frozen=True)
-class SkippedRecord:
-    """One skipped record: its source ``file``, its ``record`` index (position in the records the decoder
-    was given) and the skip ``reason``."""
-
-    file: str
-    record: int
-    reason: str
-
-    def as_dict(self) -> dict[str, str | int]:
-        """``{"file": ..., "record": ..., "reason": ...}`` (one line of a ``skipped.jsonl``)."""
-        return {"file": self.file, "record": self.record, "reason": self.reason}
 
 
 @dataclass

@@ -2,9 +2,10 @@
 
 Strictness: with ``strict=True`` (the default of every reader) the first corrupt item stops the read with a
 ManifestError naming the file (and line or entry) and what was expected: right for small or new datasets,
-where a bad line is a bug to fix. A long job passes ``strict=False``: corrupt items are skipped and counted
-by reason in ``Manifest.skipped`` and ``format_skip_report`` prints the counts at the end. Repairs that keep
-the item (a box clipped to the frame) and data-quality filters (tiny boxes) are counted in both modes.
+where a bad line is a bug to fix. A long job passes ``strict=False``: corrupt items are skipped, counted
+by reason in ``Manifest.skipped`` and named (file, line or entry, reason) in ``Manifest.skipped_entries``;
+``format_skip_report`` prints the counts at the end. Data-quality filters (tiny boxes) skip in both modes;
+repairs that keep the item (a box clipped to the frame) are counted only.
 
 Containment: every file a manifest names must lie inside its corpus root (``CorpusRoot``), both by name
 (after ``~`` expansion and ``..`` collapsing) and after following symlinks; an entry that leaves the root is
@@ -21,7 +22,7 @@ from collections.abc import Hashable, Iterable
 from pathlib import Path
 
 from ...utils.io import atomic_write_json
-from ..records import CropRecord, Manifest
+from ..records import CropRecord, Manifest, SkippedRecord
 
 SAVED_MANIFEST_FORMAT = "reidscale-manifest-v1"
 
@@ -50,21 +51,27 @@ class ManifestError(ValueError):
 
 
 class IssuePolicy:
-    """Raise on a corrupt item (strict) or count it under ``reason`` in ``manifest.skipped``."""
+    """Raise on a corrupt item (strict) or skip it: counted under its reason in ``manifest.skipped`` and
+    named (file, record, reason) in ``manifest.skipped_entries``."""
 
     def __init__(self, manifest: Manifest, strict: bool) -> None:
         self.manifest = manifest
         self.strict = strict
 
-    def corrupt(self, reason: str, message: str, count: int = 1) -> None:
-        """Handle ``count`` corrupt items; ManifestError(message) in strict mode."""
+    def corrupt(self, reason: str, message: str, *, file: str | os.PathLike, record: int = -1) -> None:
+        """Handle the corrupt item ``record`` of ``file`` (−1: the whole file); ManifestError(message) in
+        strict mode."""
         if self.strict:
             raise ManifestError(message)
-        self.manifest.count_skip(reason, count)
+        self.manifest.skip(reason, file, record)
 
-    def count(self, reason: str, count: int = 1) -> None:
-        """Count a repair or filtered item in both modes."""
-        self.manifest.count_skip(reason, count)
+    def filtered(self, reason: str, *, file: str | os.PathLike, record: int = -1) -> None:
+        """Skip an item a data-quality filter leaves out (a tiny box), in both modes."""
+        self.manifest.skip(reason, file, record)
+
+    def repaired(self, reason: str) -> None:
+        """Count an item kept after a repair (a box clipped to the frame), in both modes."""
+        self.manifest.count_skip(reason)
 
 
 def dense_labels(keys: Iterable[Hashable]) -> dict[Hashable, int]:
@@ -129,15 +136,22 @@ class CorpusRoot:
 
 
 def inside_corpus(
-    corpus: CorpusRoot, entry: str | os.PathLike, policy: IssuePolicy, where: str
+    corpus: CorpusRoot,
+    entry: str | os.PathLike,
+    policy: IssuePolicy,
+    where: str,
+    *,
+    file: str | os.PathLike | None = None,
+    record: int = -1,
 ) -> str | None:
     """``corpus.entry_path(entry)``, or None when the entry leaves the corpus: then ``policy.corrupt`` raises
-    ManifestError("<where>: file path ... leaves the corpus root ...") in strict mode or counts
-    "path_outside". ``where`` names the manifest file and the entry (or the listed folder)."""
+    ManifestError("<where>: file path ... leaves the corpus root ...") in strict mode or skips it as
+    "path_outside". ``where`` names the manifest file and the entry (or the listed folder); the skip is
+    listed as entry ``record`` of ``file`` (default: the entry itself as a whole file)."""
     try:
         return corpus.entry_path(entry)
     except PathOutsideCorpusError as err:
-        policy.corrupt("path_outside", f"{where}: {err}")
+        policy.corrupt("path_outside", f"{where}: {err}", file=entry if file is None else file, record=record)
         return None
 
 
@@ -190,6 +204,7 @@ def save_manifest(
         "name": manifest.name,
         "corpus_root": root,
         "skipped": manifest.skipped,
+        "skipped_entries": [entry.as_dict() for entry in manifest.skipped_entries],
         "columns": ["source", "frame", "x", "y", "w", "h", "pid", "camera", "video", "tracklet"],
         "records": rows,
     }
@@ -242,11 +257,25 @@ def read_saved_manifest(
         records.append(record)
     skipped = {str(reason): int(count) for reason, count in payload.get("skipped", {}).items()}
     manifest = Manifest(name=str(payload.get("name", file_path.stem)), records=[], skipped=skipped)
+    manifest.skipped_entries = _saved_skipped_entries(file_path, payload.get("skipped_entries", []))
     policy = IssuePolicy(manifest, strict)
     if records:
         corpus = _saved_corpus(file_path, payload, corpus_root)
         manifest.records = _records_inside(corpus, records, policy, file_path)
     return manifest
+
+
+def _saved_skipped_entries(file_path: Path, rows: object) -> list[SkippedRecord]:
+    """The ``skipped_entries`` of a saved manifest; ManifestError naming the file and entry when malformed."""
+    if not isinstance(rows, list):
+        raise ManifestError(f"{file_path}: skipped_entries is {type(rows).__name__}, expected a list")
+    entries = []
+    for index, row in enumerate(rows):
+        try:
+            entries.append(SkippedRecord.from_dict(row))
+        except ValueError as err:
+            raise ManifestError(f"{file_path}: skipped_entries[{index}] is {err}") from err
+    return entries
 
 
 def _records_inside(
@@ -256,7 +285,8 @@ def _records_inside(
     (exact round trips)."""
     kept = []
     for index, record in enumerate(records):
-        inside = inside_corpus(corpus, record.source, policy, f"{file_path}: record {index}")
+        where = f"{file_path}: record {index}"
+        inside = inside_corpus(corpus, record.source, policy, where, file=file_path, record=index)
         if inside is None:
             continue
         kept.append(record if os.path.isabs(record.source) else dataclasses.replace(record, source=inside))

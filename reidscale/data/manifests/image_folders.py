@@ -47,7 +47,7 @@ def read_luperson_nl(root: str | os.PathLike, *, strict: bool = True) -> Manifes
         if entry.is_file() and is_image_name(entry.name):
             num_images += 1
             message = f"{entry.path}: image outside a video folder; expected layout:\n{LUPERSON_TREE}"
-            policy.corrupt("misplaced_image", message)
+            policy.corrupt("misplaced_image", message, file=entry.path)
         elif entry.is_dir():
             with os.scandir(entry.path) as images:
                 image_paths = sorted(i.path for i in images if i.is_file() and is_image_name(i.name))
@@ -72,7 +72,8 @@ def _parse_luperson_names(
     for path in image_paths:
         match = LUPERSON_NAME.match(os.path.basename(path))
         if match is None:
-            policy.corrupt("bad_name", f"{path}: file name is not <pid>_<frame>_<obj>.<ext> with integers")
+            message = f"{path}: file name is not <pid>_<frame>_<obj>.<ext> with integers"
+            policy.corrupt("bad_name", message, file=path)
             continue
         pid, frame, obj = (int(group) for group in match.groups())
         parsed.append((video, pid, frame, obj, path))
@@ -145,13 +146,15 @@ def read_cion_json(
         try:
             file_path, identity, camera, video = _parse_cion_entry(entry)
         except ValueError as err:
-            policy.corrupt("bad_entry", f"{json_path}: entry {index} {err}")
+            policy.corrupt("bad_entry", f"{json_path}: entry {index} {err}", file=json_path, record=index)
             continue
-        source = inside_corpus(corpus, file_path, policy, f"{json_path}: entry {index} key 'file_path'")
+        where = f"{json_path}: entry {index} key 'file_path'"
+        source = inside_corpus(corpus, file_path, policy, where, file=json_path, record=index)
         if source is None:
             continue
         if source in parsed:
-            policy.corrupt("duplicate_path", f"{json_path}: entry {index} key 'file_path' repeats {source}")
+            message = f"{json_path}: entry {index} key 'file_path' repeats {source}"
+            policy.corrupt("duplicate_path", message, file=json_path, record=index)
             continue
         parsed[source] = (identity, camera, video)
     labels = dense_labels(identity for identity, _, _ in parsed.values())

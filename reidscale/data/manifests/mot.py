@@ -70,39 +70,42 @@ def read_mot_file(path: Path, policy: IssuePolicy) -> list[TrackBox]:
             try:
                 frame, track_id, corners = parse_mot_line(text)
             except ValueError as err:
-                policy.corrupt("malformed_line", f"{path}:{line_number}: {err}; expected {MOT_LINE_HELP}")
+                message = f"{path}:{line_number}: {err}; expected {MOT_LINE_HELP}"
+                policy.corrupt("malformed_line", message, file=path, record=line_number)
                 continue
             first_line = seen.setdefault((frame, track_id), line_number)
             if first_line != line_number:
                 message = f"{path}:{line_number}: track {track_id} has a second box in frame {frame}"
-                policy.corrupt("duplicate_box", f"{message} (first on line {first_line})")
+                message += f" (first on line {first_line})"
+                policy.corrupt("duplicate_box", message, file=path, record=line_number)
                 continue
             boxes.append(TrackBox(frame, track_id, corners, line_number))
     return boxes
 
 
 def fit_box(
-    corners: tuple[int, int, int, int], info: VideoInfo | None, min_box_size: int, policy: IssuePolicy
+    box: TrackBox, path: Path, info: VideoInfo | None, min_box_size: int, policy: IssuePolicy
 ) -> tuple[int, int, int, int] | None:
-    """The (x, y, w, h) box clipped to the frame, or None when it is skipped (the reason is counted).
+    """The (x, y, w, h) box clipped to the frame, or None when it is skipped (named as ``path``:line).
 
     Empty boxes (w or h <= 0 after rounding) and boxes entirely outside the frame are skipped; boxes partly
     outside are clipped and counted as "box_clipped"; boxes whose clipped w or h is below ``min_box_size``
     are skipped. Without ``info`` (no probing) only the frame's top-left edge (0, 0) is known and used.
     """
+    corners = box.corners
     x0, y0, x1, y1 = corners
     if x1 <= x0 or y1 <= y0:
-        policy.count("box_empty")
+        policy.filtered("box_empty", file=path, record=box.line)
         return None
     right, bottom = (info.width, info.height) if info is not None else (math.inf, math.inf)
     cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, right), min(y1, bottom)
     if cx1 <= cx0 or cy1 <= cy0:
-        policy.count("box_outside")
+        policy.filtered("box_outside", file=path, record=box.line)
         return None
     width, height = int(cx1 - cx0), int(cy1 - cy0)
     if min(width, height) < min_box_size:
-        policy.count("box_too_small")
+        policy.filtered("box_too_small", file=path, record=box.line)
         return None
     if (cx0, cy0, cx1, cy1) != corners:
-        policy.count("box_clipped")
+        policy.repaired("box_clipped")
     return (cx0, cy0, width, height)

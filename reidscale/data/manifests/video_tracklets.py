@@ -119,9 +119,9 @@ def _keep_video_boxes(
             message = (
                 f"{path}:{box.line}: frame {box.frame} is past the end of the video ({num_frames} frames)"
             )
-            policy.corrupt("frame_missing", message)
+            policy.corrupt("frame_missing", message, file=path, record=box.line)
             continue
-        fitted = fit_box(box.corners, info, min_box_size, policy)
+        fitted = fit_box(box, path, info, min_box_size, policy)
         if fitted is not None:
             kept[box.track_id].append((box.frame - 1, fitted))
     return kept
@@ -151,14 +151,15 @@ def _read_tracks(
             continue
         if video not in videos:
             expected = f"{folder / 'videos' / video}{{{','.join(VIDEO_EXTENSIONS)}}}"
-            policy.corrupt("tracklets_without_video", f"{tracklet_path}: no video {expected}")
+            message = f"{tracklet_path}: no video {expected}"
+            policy.corrupt("tracklets_without_video", message, file=tracklet_path)
             continue
         if inside_corpus(corpus, videos[video], policy, str(folder)) is None:
             continue
         try:
             info = probe_video(videos[video], index_frames=False) if probe else None
         except VideoOpenError as err:
-            policy.corrupt("corrupt_video", f"{err} (tracklets in {tracklet_path})")
+            policy.corrupt("corrupt_video", f"{err} (tracklets in {tracklet_path})", file=videos[video])
             continue
         boxes = read_mot_file(tracklet_path, policy)
         for track_id, frames in _keep_video_boxes(boxes, tracklet_path, info, min_box_size, policy).items():
@@ -194,9 +195,8 @@ def read_video_tracklets(
     cameras = read_camera_table(folder / "corpus.json")
     manifest = Manifest(name=f"video_tracklets:{folder}", records=[])
     policy = IssuePolicy(manifest, strict)
-    videos_without_tracklets = set(videos) - set(tracklet_files)
-    if videos_without_tracklets:
-        policy.count("video_without_tracklets", len(videos_without_tracklets))
+    for video in sorted(set(videos) - set(tracklet_files)):
+        policy.filtered("video_without_tracklets", file=videos[video])
     tracks = _read_tracks(folder, videos, tracklet_files, policy, probe, min_box_size, frame_stride)
     labels = dense_labels(tracks)
     for key in sorted(tracks):
