@@ -1,12 +1,15 @@
-"""``ModelConfig``: the ``model`` section of the config tree, and ``backbone_from_config``."""
+"""``ModelConfig``: the ``model`` section of the config tree, ``backbone_from_config`` and the pre-flight
+check of its weights, ``weights_problem``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
+
 from reidscale.models.registry import Backbone, create_backbone
-from reidscale.models.weights import load_backbone_weights
+from reidscale.models.weights import fitting_weights, load_backbone_weights
 from reidscale.utils.options import option
 
 
@@ -63,6 +66,30 @@ def backbone_kwargs(config: ModelConfig) -> dict[str, Any]:
             raise ValueError(f"model.drop_path_rate must lie in [0, 1), got {config.drop_path_rate}")
         kwargs["drop_path_rate"] = config.drop_path_rate
     return kwargs
+
+
+def weights_problem(config: ModelConfig) -> str | None:
+    """Why ``config.weights`` would not load into the backbone ``config`` describes, as one message starting
+    "model.weights: " and naming the file (None when it loads or no weights are set).
+
+    Cheap enough for a pre-flight check: the backbone is built on the meta device (names and shapes, no
+    memory); only when that finds a problem is the answer confirmed on a real CPU backbone, so a layer that
+    cannot be built on the meta device never produces a false alarm.
+    """
+    if config.weights is None:
+        return None
+    try:
+        with torch.device("meta"):
+            model = create_backbone(config.name, **backbone_kwargs(config))
+        fitting_weights(model, config.weights, config.name)
+        return None
+    except Exception:  # any doubt is settled by the real build below
+        pass
+    try:
+        backbone_from_config(config)
+    except ValueError as err:
+        return str(err)
+    return None
 
 
 def backbone_from_config(config: ModelConfig) -> Backbone:

@@ -225,8 +225,9 @@ def check_weights_fit(
     raise ValueError("\n".join(lines))
 
 
-def load_backbone_weights(model: Backbone, path: str | os.PathLike, name: str | None = None) -> Backbone:
-    """Load the weights in ``path`` into ``model`` in place (see the module doc) and return it.
+def fitting_weights(model: Backbone, path: str | os.PathLike, name: str | None = None) -> dict[str, Tensor]:
+    """The weights in ``path`` converted to ``model``'s names (steps 1 to 4 of the module doc), checked to
+    fit it. ``model`` may live on the meta device: only its names and shapes are read.
 
     ``name``: the backbone's registry name, for messages. Raises FileNotFoundError or ValueError (naming
     the file) when the file cannot be read or its weights do not fit.
@@ -237,7 +238,13 @@ def load_backbone_weights(model: Backbone, path: str | os.PathLike, name: str | 
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err
     check_weights_fit(state, model, path, name)
-    model.load_state_dict(state, strict=True)
+    return state
+
+
+def load_backbone_weights(model: Backbone, path: str | os.PathLike, name: str | None = None) -> Backbone:
+    """Load the weights in ``path`` into ``model`` in place (``fitting_weights``, then a strict
+    ``load_state_dict``) and return it; FileNotFoundError or ValueError naming the file otherwise."""
+    model.load_state_dict(fitting_weights(model, path, name), strict=True)
     return model
 
 

@@ -37,3 +37,8 @@ def get_world_size() -> int:
 def get_local_rank() -> int:
     """Rank within the node: LOCAL_RANK (deepspeed, torchrun, accelerate) / SLURM_LOCALID, else 0."""
     return _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
+
+
+def get_local_world_size() -> int:
+    """Processes on this node: LOCAL_WORLD_SIZE (torchrun, accelerate) / LOCAL_SIZE (deepspeed), else 1."""
+    return _env_int("LOCAL_WORLD_SIZE", "LOCAL_SIZE", default=1)

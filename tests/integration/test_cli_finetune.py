@@ -165,10 +165,12 @@ def test_finetune_refuses_corrupt_or_foreign_weights_in_one_line(
     proc = run_command(_cli("finetune", "--config", str(config), "--model.weights", str(weights)))
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
-    first = proc.stderr.strip().splitlines()[0]
+    first, second = proc.stderr.strip().splitlines()[:2]
     mismatch = {
         "truncated": "not a readable PyTorch weights file",
         "resnet34": "the weights do not fit backbone 'resnet18' (0 missing, ",
     }[damage]
-    assert first.startswith(f"reidscale finetune: error: model.weights: {weights}: {mismatch}"), proc.stderr
+    # found by the pre-flight checks, before the data is read
+    assert first == "reidscale finetune: error: finetune cannot start, 1 problem in the config:", proc.stderr
+    assert second.startswith(f"  - model.weights: {weights}: {mismatch}"), proc.stderr
     assert not (tmp_path / "runs").exists()  # refused before the run folder was created
