@@ -235,6 +235,14 @@ def test_dali_auto_routes_h264_and_damaged_files_to_pyav(videos) -> None:
     assert set(auto_served) == set(pyav_served) >= set(range(12))
     assert auto.stats.crops == len(auto_served)
     assert auto.stats.crops + auto.stats.num_skipped == len(records)
+    # each decoder numbers its skips within the records routed to it; the loader maps them back, so every
+    # skipped record is named by its position in ``records`` and its own file
+    for loader, served in ((only_dali, dali_served), (auto, auto_served)):
+        named = {entry.record: entry for entry in loader.stats.skipped_records}
+        assert len(named) == loader.stats.num_skipped and set(named) == set(range(len(records))) - set(served)
+        assert all(entry.file == records[index].source for index, entry in named.items())
+    unsupported = [e.record for e in only_dali.stats.skipped_records if e.reason == "unsupported_codec"]
+    assert sorted(unsupported) == list(range(6, 12))
 
 
 def video_records(num_videos: int, rng: np.random.Generator) -> list[CropRecord]:
