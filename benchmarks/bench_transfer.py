@@ -17,7 +17,6 @@ corpus's Market split, 200 steps) from ``outputs/demo/backbone.pt``, which ``mak
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import statistics
@@ -30,20 +29,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: `benchmarks` imports
 from benchmarks.common import append_rows, provenance, results_path, run_timed
 from reidscale.tracking import read_jsonl_history
+from reidscale.utils.io import file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 
 STARTS = ("random", "pretrained")
 METRICS = ("mAP", "R1", "mINP")
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def map_curve(history: list[dict[str, Any]]) -> str:

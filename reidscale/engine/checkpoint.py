@@ -23,7 +23,6 @@ as the code is: resume only from folders your runs wrote.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
@@ -36,7 +35,7 @@ import torch
 import torch.distributed as torch_dist
 
 from reidscale.utils.dist import get_rank
-from reidscale.utils.io import atomic_write, atomic_write_text
+from reidscale.utils.io import atomic_write, atomic_write_text, file_sha256
 
 LATEST = "latest"
 PARTIAL_PREFIX = ".partial_"
@@ -121,14 +120,6 @@ def check_plain_state(value: Any, where: str = "state") -> None:
     )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _listed_files(folder: Path) -> list[Path]:
     """Every file below ``folder`` except the manifest, sorted by relative path."""
     return sorted(
@@ -140,7 +131,7 @@ def _listed_files(folder: Path) -> list[Path]:
 def write_manifest(folder: Path) -> Path:
     """Write ``folder/manifest.json``: every other file's relative path, size and SHA-256 (atomically)."""
     files = {
-        path.relative_to(folder).as_posix(): {"size": path.stat().st_size, "sha256": _sha256(path)}
+        path.relative_to(folder).as_posix(): {"size": path.stat().st_size, "sha256": file_sha256(path)}
         for path in _listed_files(folder)
     }
     payload = json.dumps({"format": MANIFEST_FORMAT, "files": files}, indent=1, sort_keys=True)
@@ -163,7 +154,7 @@ def manifest_problems(folder: Path) -> list[str]:
         size, saved = present[name].stat().st_size, listed[name]
         if size != saved.get("size"):
             problems.append(f"{name}: {size} bytes, the manifest says {saved.get('size')}")
-        elif _sha256(present[name]) != saved.get("sha256"):
+        elif file_sha256(present[name]) != saved.get("sha256"):
             problems.append(f"{name}: its SHA-256 differs from the manifest's")
     return problems
 

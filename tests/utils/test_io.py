@@ -1,7 +1,9 @@
-"""Atomic writes (reidscale.utils.io): the old file or the whole new one, never a part; usual permissions."""
+"""File helpers (reidscale.utils.io): atomic writes (the old file or the whole new one, never a part; usual
+permissions) and a file's SHA-256."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -9,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from reidscale.utils.io import atomic_write, atomic_write_json, atomic_write_text
+from reidscale.utils.io import atomic_write, atomic_write_json, atomic_write_text, file_sha256
 
 
 def test_writes_creates_parents_and_replaces(tmp_path: Path) -> None:
@@ -45,3 +47,11 @@ def test_permissions_are_those_of_a_plain_open(tmp_path: Path, umask: int) -> No
         os.umask(previous)
     mode = stat.S_IMODE((tmp_path / "atomic.txt").stat().st_mode)
     assert mode == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode) == 0o666 & ~umask
+
+
+def test_file_sha256_equals_hashlib_over_the_whole_file_across_blocks(tmp_path: Path) -> None:
+    payload = bytes(range(256)) * ((1 << 22) // 256 + 3)  # a little more than one 4 MiB block
+    (tmp_path / "big").write_bytes(payload)
+    (tmp_path / "empty").write_bytes(b"")
+    assert file_sha256(tmp_path / "big") == hashlib.sha256(payload).hexdigest()
+    assert file_sha256(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()
