@@ -7,7 +7,8 @@ Layout of ``<dir>``::
                              rank00000.pt, rank00001.pt, … (each rank's own state: its RNG states and
                              whatever per-rank state the caller passes, e.g. an objective's
                              extra state when it differs between ranks) +
-                             manifest.json (every other file's name, size and SHA-256; written last)
+                             manifest.json (every other file's name, size and SHA-256, and the
+                             model's entry shapes; written last)
 
 A checkpoint is first written as ``.partial_<tag>/`` by all ranks; after a barrier rank 0 writes the
 manifest, renames the folder to ``<tag>`` and rewrites ``latest``, so a crash mid-save leaves the previous
@@ -17,8 +18,9 @@ partial ones).
 Trust. The rank files hold tensors, numbers, strings and containers only (RNG states converted to tensors)
 and are read with ``torch.load(weights_only=True)``: they cannot run code. DeepSpeed reads its own files
 with pickle, so a resume first checks the folder against its manifest and refuses any file that is missing,
-extra, truncated or changed (which also catches files mixed from two runs). A checkpoint folder is trusted
-as the code is: resume only from folders your runs wrote.
+extra, truncated or changed (which also catches files mixed from two runs), and a model of other names or
+shapes than the resuming run builds. A checkpoint folder is trusted as the code is: resume only from
+folders your runs wrote.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
+from reidscale.models.weights import weights_mismatch
 from reidscale.utils.dist import get_rank
 from reidscale.utils.io import atomic_write, atomic_write_text, file_sha256
 
@@ -128,14 +131,42 @@ def _listed_files(folder: Path) -> list[Path]:
     )
 
 
-def write_manifest(folder: Path) -> Path:
-    """Write ``folder/manifest.json``: every other file's relative path, size and SHA-256 (atomically)."""
+def module_shapes(module: torch.nn.Module) -> dict[str, list[int]]:
+    """Name → shape of every entry of ``module``'s state_dict (a ZeRO-3 partitioned parameter reports its
+    full ``ds_shape``, not the empty local shard)."""
+    return {
+        name: list(getattr(value, "ds_shape", value.shape))
+        for name, value in module.state_dict(keep_vars=True).items()
+    }
+
+
+def write_manifest(folder: Path, model: dict[str, list[int]] | None = None) -> Path:
+    """Write ``folder/manifest.json``: every other file's relative path, size and SHA-256, and the shapes of
+    the model saved there (``module_shapes``; resume compares them first), atomically."""
     files = {
         path.relative_to(folder).as_posix(): {"size": path.stat().st_size, "sha256": file_sha256(path)}
         for path in _listed_files(folder)
     }
-    payload = json.dumps({"format": MANIFEST_FORMAT, "files": files}, indent=1, sort_keys=True)
-    return atomic_write_text(folder / MANIFEST, payload + "\n")
+    content = {"format": MANIFEST_FORMAT, "files": files, "model": model}
+    return atomic_write_text(folder / MANIFEST, json.dumps(content, indent=1, sort_keys=True) + "\n")
+
+
+def check_model_fits(folder: Path, module: torch.nn.Module) -> None:
+    """ValueError naming ``folder`` when the model recorded in its manifest is not ``module`` (names and
+    shapes): a resume with another backbone, input size or head configuration than the run that saved it.
+    Nothing to compare when the manifest records no model."""
+    saved = json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("model")
+    if saved is None:
+        return
+    message = weights_mismatch(
+        module_shapes(module),
+        saved,
+        f"refusing to resume from {folder}: the model saved there is not the one this run builds (the "
+        "model section or the method's heads changed since)",
+        sizes="the checkpoint has {found} entries, this run's model {expected}",
+    )
+    if message is not None:
+        raise ValueError(message)
 
 
 def manifest_problems(folder: Path) -> list[str]:
@@ -227,7 +258,7 @@ def save_checkpoint(
     set_rng_state(rng)
     _barrier()
     if rank == 0:
-        write_manifest(root / partial)
+        write_manifest(root / partial, module_shapes(engine.module))
         final, replaced = root / tag, root / (PARTIAL_PREFIX + "replaced_" + tag)
         if final.exists():  # the same step saved again: swap the folders, then drop the old one
             final.rename(replaced)
@@ -263,7 +294,8 @@ def load_checkpoint(
     engine: Any, checkpoint: str | Path
 ) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
     """Load weights and optimizer state into ``engine`` (a collective), after checking the folder against its
-    manifest (``verify_checkpoint``).
+    manifest (``verify_checkpoint``) and the model saved there against ``engine.module``
+    (``check_model_fits``).
 
     Returns (rank 0's client_state, this rank's RNG state, this rank's rank_state); the last two are None
     when the checkpoint has no file for this rank (e.g. after a change of world size).
@@ -272,6 +304,7 @@ def load_checkpoint(
     if not folder.is_dir():
         raise ValueError(f"checkpoint folder {folder} does not exist")
     verify_checkpoint(folder)
+    check_model_fits(folder, engine.module)
     load_path, client_state = engine.load_checkpoint(
         str(folder.parent), tag=folder.name, load_optimizer_states=True, load_lr_scheduler_states=False
     )

@@ -31,7 +31,7 @@ import argparse
 import contextlib
 import os
 import pickle
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -199,30 +199,50 @@ def _listed(names: list[str]) -> str:
     return shown + (f", ... and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
 
 
-def check_weights_fit(
-    state: Mapping[str, Tensor], model: Backbone, source: str | os.PathLike, name: str | None = None
-) -> None:
-    """ValueError naming ``source`` and backbone ``name`` unless ``state`` has exactly the model's entries
-    with the model's shapes (``num_batches_tracked`` counters may be missing)."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
+def weights_mismatch(
+    expected: Mapping[str, Sequence[int]],
+    found: Mapping[str, Sequence[int]],
+    header: str,
+    sizes: str = "the file has {found} entries after conversion, the model {expected}",
+) -> str | None:
+    """The message when the entries ``found`` (name → shape) are not exactly the ``expected`` ones with
+    their shapes (BatchNorm's ``num_batches_tracked`` counters may be missing); None when they are.
+
+    The message is ``header`` with the counts and ``sizes`` (formatted with the two entry counts), then one
+    line per kind of mismatch listing the names (truncated after ``MAX_LISTED``).
+    """
+    missing = [k for k in expected if k not in found and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in found if k not in expected]
     different = [
-        f"{k} (model {list(expected[k].shape)}, file {list(state[k].shape)})"
+        f"{k} (model {list(expected[k])}, saved {list(found[k])})"
         for k in expected
-        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+        if k in found and tuple(found[k]) != tuple(expected[k])
     ]
     if not (missing or unexpected or different):
-        return
+        return None
     lines = [
-        f"{source}: the weights do not fit backbone {name or type(model).__name__!r} "
-        f"({len(missing)} missing, {len(unexpected)} unexpected, {len(different)} of another shape; "
-        f"the file has {len(state)} entries after conversion, the model {len(expected)})"
+        f"{header} ({len(missing)} missing, {len(unexpected)} unexpected, {len(different)} of another shape; "
+        + sizes.format(found=len(found), expected=len(expected))
+        + ")"
     ]
     for label, names in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", different)):
         if names:
             lines.append(f"  {label} ({len(names)}): {_listed(names)}")
-    raise ValueError("\n".join(lines))
+    return "\n".join(lines)
+
+
+def check_weights_fit(
+    state: Mapping[str, Tensor], model: Backbone, source: str | os.PathLike, name: str | None = None
+) -> None:
+    """ValueError naming ``source`` and backbone ``name`` unless ``state`` has exactly the model's entries
+    with the model's shapes (``weights_mismatch``)."""
+    message = weights_mismatch(
+        {key: value.shape for key, value in model.state_dict().items()},
+        {key: value.shape for key, value in state.items()},
+        f"{source}: the weights do not fit backbone {name or type(model).__name__!r}",
+    )
+    if message is not None:
+        raise ValueError(message)
 
 
 def fitting_weights(model: Backbone, path: str | os.PathLike, name: str | None = None) -> dict[str, Tensor]:

@@ -17,6 +17,7 @@ from reidscale.engine.checkpoint import (
     MANIFEST,
     check_plain_state,
     load_checkpoint,
+    module_shapes,
     read_rank_file,
     rng_state,
     save_checkpoint,
@@ -26,7 +27,11 @@ from reidscale.engine.checkpoint import (
 
 
 class FilesEngine:
-    """The two DeepSpeed engine calls the checkpoint module makes, writing one pickle file per tag."""
+    """The two DeepSpeed engine calls the checkpoint module makes, writing one pickle file per tag, and the
+    engine's ``module`` (a tiny model, its shapes recorded in the manifest)."""
+
+    def __init__(self, module: torch.nn.Module | None = None) -> None:
+        self.module = module if module is not None else torch.nn.Linear(3, 2)
 
     def save_checkpoint(self, save_dir: str, tag: str, client_state: dict, save_latest: bool) -> None:
         folder = Path(save_dir) / tag
@@ -115,3 +120,29 @@ def test_a_crafted_pickle_on_resume_runs_nothing(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"rank00000.pt is not a reidscale rank-state file"):
         load_checkpoint(FilesEngine(), folder)
     assert not marker.exists()
+
+
+def test_resuming_with_another_model_is_refused_naming_the_mismatch(tmp_path: Path) -> None:
+    folder = saved_checkpoint(tmp_path)  # saved from Linear(3, 2): weight [2, 3], bias [2]
+    with pytest.raises(ValueError) as raised:
+        load_checkpoint(FilesEngine(torch.nn.Linear(4, 2)), folder)
+    assert str(raised.value).splitlines() == [
+        f"refusing to resume from {folder}: the model saved there is not the one this run builds (the model "
+        "section or the method's heads changed since) (0 missing, 0 unexpected, 1 of another shape; the "
+        "checkpoint has 2 entries, this run's model 2)",
+        "  shape mismatch (1): weight (model [2, 4], saved [2, 3])",
+    ]
+    deeper = torch.nn.Sequential(torch.nn.Linear(3, 2))  # the same tensors under other names
+    with pytest.raises(
+        ValueError, match=r"missing \(2\): 0.weight, 0.bias\n  unexpected \(2\): bias, weight"
+    ):
+        load_checkpoint(FilesEngine(deeper), folder)
+    client_state, _, _ = load_checkpoint(FilesEngine(torch.nn.Linear(3, 2)), folder)
+    assert client_state == {"step": 5}
+
+
+def test_module_shapes_reports_a_partitioned_parameter_by_its_full_shape() -> None:
+    module = torch.nn.Linear(3, 2)
+    module.weight.data = torch.empty(0)  # what ZeRO-3 leaves on a rank: an empty local tensor ...
+    module.weight.ds_shape = torch.Size([2, 3])  # ... and the full shape beside it
+    assert module_shapes(module) == {"weight": [2, 3], "bias": [2]}

@@ -5,7 +5,8 @@ The scenarios and the outcome each test holds the project to:
 - **crafted pickle on resume**: a checkpoint's rank file replaced by a pickle that would create a marker
   file. The resume is refused (exit 2) because the folder no longer matches its manifest; with a manifest
   rewritten to match, the rank file is still read without unpickling code and refused. The marker never
-  appears.
+  appears. A resume with another backbone than the one saved is refused in one message naming the
+  checkpoint and the mismatch (exit 2, no traceback).
 - **SIGTERM at a random step**: the run stops at the next step boundary with a checkpoint, exits 128 + 15,
   ``results.json`` says ``stopped`` and no ``backbone.pt`` is written; resuming ends with exactly the
   metrics and weights of an uninterrupted run.
@@ -167,11 +168,32 @@ def test_a_crafted_pickle_on_resume_runs_nothing(contest: Contest, tmp_path: Pat
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"refusing to resume from {crafted}: its files are not the ones saved there" in proc.stderr
     assert "rank00000.pt" in proc.stderr and "Traceback" not in proc.stderr
-    write_manifest(crafted)  # the folder matches its manifest again: the rank file itself must be refused
+    saved_model = json.loads((crafted / "manifest.json").read_text())["model"]
+    write_manifest(crafted, saved_model)  # the folder matches its manifest again: the rank file is refused
     proc = run_command(_cli(*resume, "--train.checkpoint.resume", str(crafted)), env=ENV)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"{rank_file} is not a reidscale rank-state file" in proc.stderr
     assert not marker.exists()
+
+
+def test_resuming_with_another_backbone_ends_in_one_clear_error(contest: Contest) -> None:
+    checkpoint = contest.run_dir / "checkpoints" / "step_00000010"
+    resume = ["--run.name", "other", "--train.checkpoint.resume", str(checkpoint)]
+    proc = run_command(
+        _cli("finetune", "--config", str(contest.config), "--model.name", "resnet34", *resume), env=ENV
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    lines = _error_lines(proc.stderr)
+    assert lines[0].startswith(
+        f"reidscale finetune: error: refusing to resume from {checkpoint}: the model saved there is not the "
+        "one this run builds"
+    )
+    # resnet34 has 8 more BasicBlocks than resnet18, 12 entries each, of which the 2 BatchNorm step counters
+    # are not weights (not listed): 8 × 10 missing; the BoT heads are the same
+    counts = "(80 missing, 0 unexpected, 0 of another shape; the checkpoint has 126 entries, this run's model"
+    assert counts in lines[0]
+    assert lines[1].startswith("  missing (80): backbone.layer1.2.conv1.weight, ")
 
 
 # ------------------------------------------------------------------------------ SIGTERM

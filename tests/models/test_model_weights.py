@@ -312,7 +312,7 @@ def test_mismatch_message_lists_missing_unexpected_and_shapes(tmp_path: Path) ->
     assert "(1 missing, 1 unexpected, 1 of another shape;" in message
     assert "missing (1): layer2.0.conv1.weight" in message
     assert "unexpected (1): layer9.weight" in message
-    assert "shape mismatch (1): conv1.weight (model [64, 3, 7, 7], file [64, 3, 3, 3])" in message
+    assert "shape mismatch (1): conv1.weight (model [64, 3, 7, 7], saved [64, 3, 3, 3])" in message
 
 
 def test_mismatch_message_is_truncated_with_counts(tmp_path: Path) -> None:
