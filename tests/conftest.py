@@ -1,8 +1,9 @@
-"""What every test may use: the one-time native builds, a free port, the tiny synthetic corpus.
+"""What every test may use: the one-time native builds, a free port, two tiny corpora.
 
-Fixtures: ``free_port`` (a TCP port free on 127.0.0.1, for the rendezvous of multi-process tests) and
-``tiny_corpus`` (the ``tiny`` synthetic corpus, seed 3, MJPEG; built once per test run, read-only to the
-tests). Helpers that are not tests live in ``tests/support/``.
+Fixtures: ``free_port`` (a TCP port free on 127.0.0.1, for the rendezvous of multi-process tests),
+``tiny_corpus`` (the ``tiny`` synthetic corpus, seed 3, MJPEG) and ``tiny_market`` (a Market-1501 folder of
+12 training and 10 test identities); each corpus is built once per test run and read-only to the tests.
+Helpers that are not tests live in ``tests/support/``.
 
 One-time builds, done once before the first test instead of inside one.
 
@@ -38,6 +39,17 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny_corpus")
     build_corpus(out, "tiny", seed=3, codec="mjpeg")
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_market(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Market-1501 folder (``write_tiny_market``: 12 training, 10 test identities), built once per
+    test run; do not modify it."""
+    from tests.support.tiny_market import write_tiny_market
+
+    root = tmp_path_factory.mktemp("tiny_market")
+    write_tiny_market(root, num_train=12, num_test=10)
+    return root
 
 
 @pytest.hookimpl(trylast=True)  # after -m / -k deselection: only the tests that will run count

@@ -190,34 +190,3 @@ def render_rank_list_grid(
             cell = _render_cell(gallery_paths[gallery_index], colour, caption, (height, width))
             canvas.paste(cell, (rank * width, top))
     return canvas
-
-
-def save_rank_list_grid(
-    output_png: str | Path,
-    query_paths: Sequence[str],
-    gallery_paths: Sequence[str],
-    distmat_rows: Tensor,
-    query_indices: Sequence[int],
-    query_pids: Tensor | np.ndarray | Sequence[int],
-    query_camids: Tensor | np.ndarray | Sequence[int],
-    gallery_pids: Tensor | np.ndarray | Sequence[int],
-    gallery_camids: Tensor | np.ndarray | Sequence[int],
-    topk: int = 10,
-    cell_size: tuple[int, int] = (128, 64),
-) -> Path:
-    """Write the grid of ``render_rank_list_grid`` (same arguments) to ``output_png`` atomically and return
-    its path; nothing is written when an argument is wrong or an image cannot be read."""
-    output_png = png_path(output_png)
-    image = render_rank_list_grid(
-        query_paths,
-        gallery_paths,
-        distmat_rows,
-        query_indices,
-        query_pids,
-        query_camids,
-        gallery_pids,
-        gallery_camids,
-        topk=topk,
-        cell_size=cell_size,
-    )
-    return write_png(output_png, image)

@@ -16,7 +16,6 @@ from reidscale.evaluation.visualize import (
     WRONG_COLOUR,
     ranked_gallery,
     render_rank_list_grid,
-    save_rank_list_grid,
     write_png,
 )
 
@@ -77,16 +76,21 @@ def pixel(image: Image.Image, row: int, column: int, x: int, y: int) -> tuple[in
     return image.getpixel((column * CELL_WIDTH + x, row * CELL_HEIGHT + y))
 
 
+def save_grid(output_png: Path, **arguments: object) -> Path:
+    """The grid drawn in memory, then written: what ``evaluate --visualize`` does."""
+    return write_png(output_png, render_rank_list_grid(**arguments))
+
+
 def test_grid_layout_borders_and_skipped_items(tmp_path: Path) -> None:
     gallery_paths = solid_images(tmp_path, "gallery", GALLERY_COLOURS)
     query_paths = solid_images(tmp_path, "query", QUERY_COLOURS)
     # Query 1 (pid 1, camera 0) sees the hand-worked row; query 0 (pid 2, camera 1) the reversed distances.
     distmat_rows = torch.tensor([DISTANCES, DISTANCES[::-1]])
-    out = save_rank_list_grid(
+    out = save_grid(
         tmp_path / "grids" / "ranks.png",
-        query_paths,
-        gallery_paths,
-        distmat_rows,
+        query_paths=query_paths,
+        gallery_paths=gallery_paths,
+        distmat_rows=distmat_rows,
         query_indices=[1, 0],
         query_pids=[2, 1],
         query_camids=[1, 0],
@@ -140,7 +144,7 @@ def test_missing_image_names_the_path(tmp_path: Path) -> None:
     missing = str(tmp_path / "nowhere" / "g.jpg")
     arguments["gallery_paths"][2] = missing
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        save_rank_list_grid(**arguments)
+        save_grid(**arguments)
     assert not (tmp_path / "grid.png").exists()
 
 
@@ -162,7 +166,7 @@ def test_bad_arguments_raise(tmp_path: Path, field: str, value, message: str) ->
     arguments = grid_arguments(tmp_path)
     arguments[field] = value
     with pytest.raises(ValueError, match=message):
-        save_rank_list_grid(**arguments)
+        save_grid(**arguments)
 
 
 def test_render_draws_in_memory_and_write_png_saves_those_pixels(tmp_path: Path) -> None:

@@ -17,25 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.support.processes import run_command
+from tests.support.processes import reidscale_cli, run_command
 from tests.support.run_configs import finetune_run_config
-from tests.support.tiny_market import write_tiny_market
 
 pytestmark = pytest.mark.deepspeed
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def market(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("market")
-    write_tiny_market(root, num_train=12, num_test=10)
-    return root
-
-
-def _cli(*args: str) -> list[str]:
-    """The command line of ``python -m reidscale ARGS`` with this interpreter."""
-    return [sys.executable, "-m", "reidscale", *args]
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
@@ -44,9 +31,9 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_finetune_extract_evaluate_export(tmp_path: Path, market: Path) -> None:
-    config = finetune_run_config(tmp_path, market, "single")
-    out = _run(_cli("finetune", "--config", str(config))).stdout
+def test_finetune_extract_evaluate_export(tmp_path: Path, tiny_market: Path) -> None:
+    config = finetune_run_config(tmp_path, tiny_market, "single")
+    out = _run(reidscale_cli("finetune", "--config", str(config))).stdout
     assert "fine-tuned resnet18 for 30 steps" in out
     run_dir = tmp_path / "runs" / "single"
     results = json.loads((run_dir / "results.json").read_text())
@@ -56,36 +43,42 @@ def test_finetune_extract_evaluate_export(tmp_path: Path, market: Path) -> None:
     logged = {key for row in rows for key in row}
     assert {"train/loss", "train/ce", "train/triplet", "throughput/images_per_s", "eval/mAP"} <= logged
     assert not (run_dir / ".reidscale.lock").exists()  # released at the end of the run
-    again = run_command(_cli("finetune", "--config", str(config)))
+    again = run_command(reidscale_cli("finetune", "--config", str(config)))
     assert again.returncode == 2, again.stderr
     assert f"{run_dir} holds a finished run (results.json, metrics.jsonl, checkpoints/)" in again.stderr
     assert json.loads((run_dir / "results.json").read_text()) == results  # the finished run is untouched
 
     features = tmp_path / "extracted.pt"
     weights = run_dir / "backbone.pt"
-    _run(_cli("extract", "--config", str(config), "--weights", str(weights), "--output", str(features)))
+    _run(
+        reidscale_cli(
+            "extract", "--config", str(config), "--weights", str(weights), "--output", str(features)
+        )
+    )
     written = torch.load(run_dir / "features.pt", weights_only=False)
     extracted = torch.load(features, weights_only=False)
     torch.testing.assert_close(extracted["query_feats"], written["query_feats"], rtol=1e-4, atol=1e-5)
     evaluated = tmp_path / "evaluated.json"
-    _run(_cli("evaluate", "--features", str(features), "--output", str(evaluated)))
+    _run(reidscale_cli("evaluate", "--features", str(features), "--output", str(evaluated)))
     assert json.loads(evaluated.read_text())["mAP"] == pytest.approx(results["after"]["mAP"], abs=1e-4)
 
     exported = tmp_path / "export"
     report = json.loads(
         _run(
-            _cli("export", "--config", str(config), "--weights", str(weights), "--out", str(exported))
+            reidscale_cli(
+                "export", "--config", str(config), "--weights", str(weights), "--out", str(exported)
+            )
         ).stdout
     )
     assert (exported / "backbone.onnx").is_file() and float(report["max_abs_diff"]) < 1e-3
 
 
-def test_extract_rejects_weights_of_another_model(tmp_path: Path, market: Path) -> None:
-    config = finetune_run_config(tmp_path, market, "wrong")
+def test_extract_rejects_weights_of_another_model(tmp_path: Path, tiny_market: Path) -> None:
+    config = finetune_run_config(tmp_path, tiny_market, "wrong")
     weights = tmp_path / "other.pt"
     torch.save({"conv.weight": torch.zeros(1)}, weights)
     proc = run_command(
-        _cli(
+        reidscale_cli(
             "extract", "--config", str(config), "--weights", str(weights), "--output", str(tmp_path / "f.pt")
         )
     )
@@ -95,8 +88,8 @@ def test_extract_rejects_weights_of_another_model(tmp_path: Path, market: Path) 
 
 
 @pytest.mark.multiproc
-def test_finetune_two_ranks_zero2(tmp_path: Path, market: Path) -> None:
-    config = finetune_run_config(tmp_path, market, "two_ranks", zero_stage=2)
+def test_finetune_two_ranks_zero2(tmp_path: Path, tiny_market: Path) -> None:
+    config = finetune_run_config(tmp_path, tiny_market, "two_ranks", zero_stage=2)
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun, "torchrun not found beside the interpreter"
     _run(
@@ -117,14 +110,14 @@ def test_finetune_two_ranks_zero2(tmp_path: Path, market: Path) -> None:
 
 
 def test_finetune_derives_its_batch_and_rejects_uneven_identities_or_a_set_micro_batch(
-    tmp_path: Path, market: Path
+    tmp_path: Path, tiny_market: Path
 ) -> None:
     from reidscale.config import load_config
     from reidscale.jobs.roots import root_for
     from reidscale.jobs.train import train_settings
     from reidscale.methods import method_spec
 
-    config = load_config(root_for("finetune"), finetune_run_config(tmp_path, market, "checks"), [])
+    config = load_config(root_for("finetune"), finetune_run_config(tmp_path, tiny_market, "checks"), [])
     spec = method_spec("finetune", config.finetune.method)
     assert train_settings(spec, config, 2, 1).micro_batch == 8  # 4 ids / 2 ranks × 4 images
     with pytest.raises(ValueError, match="multiple of the number of ranks"):

@@ -33,7 +33,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,28 +42,18 @@ import pytest
 import torch
 
 from reidscale.engine.checkpoint import write_manifest
-from tests.support.processes import HANG_GUARD_S, run_command
+from tests.support.processes import HANG_GUARD_S, reidscale_cli, run_command
 from tests.support.run_configs import finetune_run_config
-from tests.support.tiny_market import write_tiny_market
 
 pytestmark = [pytest.mark.deepspeed, pytest.mark.slow]
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="module")
-def market(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("market")
-    write_tiny_market(root, num_train=12, num_test=10)
-    return root
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "reidscale", *args]
-
-
 def _start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(_cli(*args), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        reidscale_cli(*args), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _wait_for(event: Callable[[], bool], process: subprocess.Popen, what: str) -> None:
@@ -102,16 +91,16 @@ class Contest:
 
 
 @pytest.fixture(scope="module")
-def contest(tmp_path_factory: pytest.TempPathFactory, market: Path) -> Contest:
+def contest(tmp_path_factory: pytest.TempPathFactory, tiny_market: Path) -> Contest:
     tmp = tmp_path_factory.mktemp("contest")
-    config = finetune_run_config(tmp, market, "first")
+    config = finetune_run_config(tmp, tiny_market, "first")
     run_dir = tmp / "runs" / "first"
     first = _start("finetune", "--config", str(config), "--train.checkpoint.every", "10")
     try:
         _wait_for(lambda: _logged_a_step(run_dir / "metrics.jsonl"), first, "a logged step")
         first.send_signal(signal.SIGSTOP)  # holds the folder for as long as the second run needs
         try:
-            second = run_command(_cli("finetune", "--config", str(config)), env=ENV)
+            second = run_command(reidscale_cli("finetune", "--config", str(config)), env=ENV)
         finally:
             first.send_signal(signal.SIGCONT)
         _, err = first.communicate(timeout=HANG_GUARD_S)
@@ -137,7 +126,7 @@ def test_a_second_run_into_a_held_folder_fails_naming_the_holder(contest: Contes
 
 def test_a_fresh_run_into_a_finished_folder_is_refused_with_the_option(contest: Contest) -> None:
     before = sorted(path.name for path in contest.run_dir.iterdir())
-    proc = run_command(_cli("finetune", "--config", str(contest.config)), env=ENV)
+    proc = run_command(reidscale_cli("finetune", "--config", str(contest.config)), env=ENV)
     assert proc.returncode == 2, proc.stderr
     assert _error_lines(proc.stderr) == [
         f"reidscale finetune: error: {contest.run_dir} holds a finished run (results.json, metrics.jsonl, "
@@ -164,13 +153,13 @@ def test_a_crafted_pickle_on_resume_runs_nothing(contest: Contest, tmp_path: Pat
     rank_file = crafted / "rank00000.pt"
     rank_file.write_bytes(pickle.dumps({"rng": _WouldRunCode(marker)}, protocol=2))
     resume = ["finetune", "--config", str(contest.config), "--run.name", "crafted"]
-    proc = run_command(_cli(*resume, "--train.checkpoint.resume", str(crafted)), env=ENV)
+    proc = run_command(reidscale_cli(*resume, "--train.checkpoint.resume", str(crafted)), env=ENV)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"refusing to resume from {crafted}: its files are not the ones saved there" in proc.stderr
     assert "rank00000.pt" in proc.stderr and "Traceback" not in proc.stderr
     saved_model = json.loads((crafted / "manifest.json").read_text())["model"]
     write_manifest(crafted, saved_model)  # the folder matches its manifest again: the rank file is refused
-    proc = run_command(_cli(*resume, "--train.checkpoint.resume", str(crafted)), env=ENV)
+    proc = run_command(reidscale_cli(*resume, "--train.checkpoint.resume", str(crafted)), env=ENV)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"{rank_file} is not a reidscale rank-state file" in proc.stderr
     assert not marker.exists()
@@ -180,7 +169,8 @@ def test_resuming_with_another_backbone_ends_in_one_clear_error(contest: Contest
     checkpoint = contest.run_dir / "checkpoints" / "step_00000010"
     resume = ["--run.name", "other", "--train.checkpoint.resume", str(checkpoint)]
     proc = run_command(
-        _cli("finetune", "--config", str(contest.config), "--model.name", "resnet34", *resume), env=ENV
+        reidscale_cli("finetune", "--config", str(contest.config), "--model.name", "resnet34", *resume),
+        env=ENV,
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
@@ -198,9 +188,9 @@ def test_resuming_with_another_backbone_ends_in_one_clear_error(contest: Contest
 
 # ------------------------------------------------------------------------------ SIGTERM
 def test_sigterm_at_a_random_step_stops_with_a_checkpoint_and_resuming_ends_as_an_uninterrupted_run(
-    contest: Contest, tmp_path: Path, market: Path
+    contest: Contest, tmp_path: Path, tiny_market: Path
 ) -> None:
-    config = finetune_run_config(tmp_path, market, "stopped")
+    config = finetune_run_config(tmp_path, tiny_market, "stopped")
     run_dir = tmp_path / "runs" / "stopped"
     delay = random.Random().uniform(0.0, 1.5)  # after the first logged step: the step stopped at varies
     process = _start("finetune", "--config", str(config))
@@ -222,7 +212,7 @@ def test_sigterm_at_a_random_step_stops_with_a_checkpoint_and_resuming_ends_as_a
     assert not (run_dir / "backbone.pt").exists()  # no final weights under the final name
 
     resumed = run_command(
-        _cli("finetune", "--config", str(config), "--train.checkpoint.resume", "auto"), env=ENV
+        reidscale_cli("finetune", "--config", str(config), "--train.checkpoint.resume", "auto"), env=ENV
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = json.loads((run_dir / "results.json").read_text())
@@ -266,7 +256,9 @@ def test_bad_inputs_are_reported_together_before_any_work(tmp_path: Path) -> Non
         tmp_path, tmp_path / "no_corpus", "video_tracklets", tmp_path / "no_market", str(weights)
     )
     proc = run_command(
-        _cli("pretrain", "--config", str(config), "--run.output_dir", str(tmp_path / "a_file" / "runs"))
+        reidscale_cli(
+            "pretrain", "--config", str(config), "--run.output_dir", str(tmp_path / "a_file" / "runs")
+        )
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
@@ -279,7 +271,7 @@ def test_bad_inputs_are_reported_together_before_any_work(tmp_path: Path) -> Non
     assert f"{tmp_path / 'a_file'} is not a folder" in run_folder_line
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a_file", "pre.yaml", "resnet34.pt"]
 
-    proc = run_command(_cli("config", "pretrain", "--resolved", "--train.zero_stage", "7"))
+    proc = run_command(reidscale_cli("config", "pretrain", "--resolved", "--train.zero_stage", "7"))
     assert proc.returncode == 2
     assert _error_lines(proc.stderr) == [
         "reidscale config: error: train.zero_stage must be 0, 1, 2 or 3, got 7"
@@ -287,15 +279,15 @@ def test_bad_inputs_are_reported_together_before_any_work(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("damage", ["truncated", "resnet34"])
-def test_corrupt_or_foreign_weights_end_in_one_line(tmp_path: Path, market: Path, damage: str) -> None:
+def test_corrupt_or_foreign_weights_end_in_one_line(tmp_path: Path, tiny_market: Path, damage: str) -> None:
     from reidscale.models import create_backbone
 
     weights = tmp_path / f"{damage}.pt"
     torch.save(create_backbone("resnet34" if damage == "resnet34" else "resnet18").state_dict(), weights)
     if damage == "truncated":
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    config = finetune_run_config(tmp_path, market, damage)
-    proc = run_command(_cli("finetune", "--config", str(config), "--model.weights", str(weights)))
+    config = finetune_run_config(tmp_path, tiny_market, damage)
+    proc = run_command(reidscale_cli("finetune", "--config", str(config), "--model.weights", str(weights)))
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     mismatch = {
@@ -309,23 +301,27 @@ def test_corrupt_or_foreign_weights_end_in_one_line(tmp_path: Path, market: Path
 
 
 # ------------------------------------------------------------------------------ path escape
-def test_a_manifest_entry_leaving_its_corpus(tmp_path: Path, market: Path) -> None:
-    images = sorted((market / "bounding_box_train").glob("*.png"))
-    entries = [{"file_path": f"bounding_box_train/{path.name}", "id": int(path.name[:4])} for path in images]
+def test_a_manifest_entry_leaving_its_corpus(tmp_path: Path, tiny_market: Path) -> None:
+    corpus = tmp_path / "corpus"
+    shutil.copytree(tiny_market / "bounding_box_train", corpus / "images")
+    images = sorted((corpus / "images").glob("*.png"))
+    entries = [{"file_path": f"images/{path.name}", "id": int(path.name[:4])} for path in images]
     escape = "../../../../../../etc/passwd"
     entries.insert(5, {"file_path": escape, "id": 1})
-    listing = market / "cion_list.json"  # its folder is the corpus root
+    listing = corpus / "cion_list.json"  # its folder is the corpus root
     listing.write_text(json.dumps(entries))
     config = _pretrain_config(tmp_path, listing, "cion_json", None)
-    proc = run_command(_cli("pretrain", "--config", str(config)), env=ENV)
+    proc = run_command(reidscale_cli("pretrain", "--config", str(config)), env=ENV)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert f"{listing}: entry 5 key 'file_path': file path {escape!r} leaves the corpus root {market}" in (
+    assert f"{listing}: entry 5 key 'file_path': file path {escape!r} leaves the corpus root {corpus}" in (
         proc.stderr
     )
     assert "Traceback" not in proc.stderr
 
     proc = run_command(
-        _cli("pretrain", "--config", str(config), "--pretrain_data.manifest_options", "{strict: false}"),
+        reidscale_cli(
+            "pretrain", "--config", str(config), "--pretrain_data.manifest_options", "{strict: false}"
+        ),
         env=ENV,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

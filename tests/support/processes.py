@@ -14,6 +14,7 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -22,6 +23,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 #: seconds after which a started command counts as hung (not as slow)
 HANG_GUARD_S = float(os.environ.get("REIDSCALE_TEST_HANG_GUARD_S", "1200"))
+
+
+def reidscale_cli(*args: str) -> list[str]:
+    """The command line of ``python -m reidscale ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "reidscale", *args]
 
 
 def run_command(
