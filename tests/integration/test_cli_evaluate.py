@@ -118,16 +118,22 @@ def test_evaluate_euclidean_with_rerank_matches_reference(tmp_path: Path) -> Non
     assert_matches_reference(result, reference(features, distmat))
 
 
-def test_evaluate_draws_rank_lists(tmp_path: Path) -> None:
-    features = clustered_features(num_ids=6)
+def features_with_images(folder: Path, num_ids: int = 6) -> FeatureSet:
+    """clustered_features with a small PNG written for every query and gallery item."""
+    features = clustered_features(num_ids=num_ids)
+    folder.mkdir(parents=True, exist_ok=True)
     for split, count in (("query", features.num_query), ("gallery", features.num_gallery)):
         paths = []
         for i in range(count):
-            path = tmp_path / f"{split}_{i}.png"
+            path = folder / f"{split}_{i}.png"
             Image.new("RGB", (32, 64), (i * 7 % 255, 90, 160)).save(path)
             paths.append(str(path))
         setattr(features, f"{split}_paths", paths)
-    feats_file = save_feature_file(tmp_path / "feats.pt", features)
+    return features
+
+
+def test_evaluate_draws_rank_lists(tmp_path: Path) -> None:
+    feats_file = save_feature_file(tmp_path / "feats.pt", features_with_images(tmp_path))
     out = tmp_path / "vis" / "results.json"
     assert main(["evaluate", "--features", str(feats_file), "--output", str(out), "--visualize", "3"]) == 0
     with Image.open(out.parent / "results.ranklist.png") as png:
@@ -145,20 +151,6 @@ def test_evaluate_errors_name_the_problem(tmp_path: Path, capsys) -> None:
     assert "did you mean 'eval.metric'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["evaluate", "--features", str(feats_file), "--output", "r.json", "--bogus"])
-
-
-def features_with_images(folder: Path, num_ids: int = 6) -> FeatureSet:
-    """clustered_features with a small PNG written for every query and gallery item."""
-    features = clustered_features(num_ids=num_ids)
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, count in (("query", features.num_query), ("gallery", features.num_gallery)):
-        paths = []
-        for i in range(count):
-            path = folder / f"{split}_{i}.png"
-            Image.new("RGB", (32, 64), (i * 7 % 255, 90, 160)).save(path)
-            paths.append(str(path))
-        setattr(features, f"{split}_paths", paths)
-    return features
 
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:
