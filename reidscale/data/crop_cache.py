@@ -4,7 +4,8 @@ Layout of one cache (``<cache_dir>/crops_<H>x<W>_<fingerprint[:16]>/``)::
 
     crops.npy   uint8 [N, H, W, 3] RGB, row n = the n-th record that decoded (records in input order);
                 opened with ``np.load(mmap_mode="r")``, so N = 1M crops (≈ 98 GB at 256×128) stays on disk
-    rows.npz    per row: record (position in the input records), camera, tracklet, pid, frame, box [N, 4],
+    rows.npz    the record table (``data.record_table``): per row record (position in the input records),
+                camera, tracklet, pid, frame, box [N, 4],
                 source / video (int32 indices into the string tables ``sources`` / ``videos``)
     meta.json   format version, fingerprint, H, W, record and row counts, decode statistics
     skipped.jsonl  one line per skipped record the decoders could name: ``{"file", "record", "reason"}``
@@ -45,6 +46,7 @@ import numpy as np
 from reidscale.data.decode.geometry import clip_box
 from reidscale.data.decode.loader import build_crop_loader
 from reidscale.data.decode.stats import BOX_OUTSIDE_FRAME, DecodeStats
+from reidscale.data.record_table import record_table
 from reidscale.data.records import CropRecord, SkippedRecord
 from reidscale.utils.dist import get_rank, get_world_size
 from reidscale.utils.io import atomic_write, atomic_write_json, atomic_write_text
@@ -270,27 +272,6 @@ def _compact_npy(path: Path, keep: np.ndarray) -> None:
         handle.truncate(offset + int(np.prod(shape)))
 
 
-def _row_table(records: Sequence[CropRecord], decoded: np.ndarray) -> dict[str, np.ndarray]:
-    """The rows.npz arrays for the decoded records (in record order)."""
-    kept = [records[i] for i in np.flatnonzero(decoded)]
-    sources = sorted({record.source for record in kept})
-    videos = sorted({record.video for record in kept})
-    source_id = {name: i for i, name in enumerate(sources)}
-    video_id = {name: i for i, name in enumerate(videos)}
-    return {
-        "record": np.flatnonzero(decoded).astype(np.int64),
-        "camera": np.array([r.camera for r in kept], dtype=np.int64),
-        "tracklet": np.array([r.tracklet for r in kept], dtype=np.int64),
-        "pid": np.array([r.pid for r in kept], dtype=np.int64),
-        "frame": np.array([r.frame for r in kept], dtype=np.int64),
-        "box": np.array([r.box for r in kept], dtype=np.int64).reshape(-1, 4),
-        "source": np.array([source_id[r.source] for r in kept], dtype=np.int32),
-        "video": np.array([video_id[r.video] for r in kept], dtype=np.int32),
-        "sources": np.array(sources, dtype=str),
-        "videos": np.array(videos, dtype=str),
-    }
-
-
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with open(path, "wb") as handle:
         np.savez(handle, **arrays)
@@ -319,7 +300,8 @@ def _write_cache(
             raise ValueError(f"none of the {len(records)} records decoded ({stats.summary()})")
         if not decoded.all():
             _compact_npy(building / "crops.npy", decoded)
-        table = _row_table(records, decoded)
+        kept = np.flatnonzero(decoded)
+        table = record_table([records[i] for i in kept], kept)
         atomic_write(building / "rows.npz", lambda tmp: _save_npz(tmp, table))
         meta = {
             "format_version": CACHE_FORMAT_VERSION,

@@ -221,7 +221,7 @@ def test_a_failed_build_leaves_no_cache_and_the_next_build_succeeds(video_record
     def explode(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(crop_cache, "_row_table", explode)
+    monkeypatch.setattr(crop_cache, "record_table", explode)
     with pytest.raises(RuntimeError, match="disk full"):
         build_crop_cache(video_records[:5], tmp_path, SIZE, backend="pyav")
     assert list(tmp_path.iterdir()) == []

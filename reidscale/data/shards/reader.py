@@ -1,0 +1,202 @@
+"""Reading a finished crop shard set by row: ``CropShards(folder)`` (layout in ``layout.py``).
+
+Row ``r`` is the r-th stored crop over all shards in order. The record tables of every shard are loaded at
+open (identities, cameras, tracklets, manifest positions: what a sampler needs); a crop's JPEG is read on
+demand from its shard at the offset its DALI index gives, after checking the tar header there names the
+crop's member with the indexed size, so an index that disagrees with its tar, a truncated tar or a missing
+file is an error naming the shard and the record, never wrong pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+
+from reidscale.data.record_table import ROW_FIELDS, check_record_table, table_record
+from reidscale.data.records import CropRecord, SkippedRecord
+from reidscale.data.shards.layout import (
+    IMAGE_EXTENSION,
+    TAR_BLOCK,
+    IndexEntry,
+    ShardError,
+    ShardSetInfo,
+    read_dali_index,
+    record_key,
+)
+
+
+def _tar_header_member(header: bytes) -> tuple[str, int]:
+    """(member name, size) from a 512-byte USTAR header."""
+    name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+    size_field = header[124:136].split(b"\0", 1)[0].strip() or b"0"
+    return name, int(size_field, 8)
+
+
+def _merge_tables(tables: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One record table from the shards' tables (string indices remapped to the union of their tables)."""
+    merged: dict[str, np.ndarray] = {}
+    for index_field, strings_field in (("source", "sources"), ("video", "videos")):
+        names = sorted({str(name) for table in tables for name in table[strings_field]})
+        position = {name: i for i, name in enumerate(names)}
+        remapped = [
+            np.array([position[str(name)] for name in table[strings_field]], dtype=np.int32)[
+                table[index_field]
+            ]
+            if len(table[index_field])
+            else np.zeros(0, dtype=np.int32)
+            for table in tables
+        ]
+        merged[index_field] = np.concatenate(remapped) if remapped else np.zeros(0, dtype=np.int32)
+        merged[strings_field] = np.array(names, dtype=str)
+    for name in ROW_FIELDS:
+        if name not in merged:
+            parts = [table[name] for table in tables]
+            empty = np.zeros((0, 4) if name == "box" else (0,), dtype=np.int64)
+            merged[name] = np.concatenate(parts) if parts else empty
+    return merged
+
+
+class CropShards:
+    """A finished shard set, read by row.
+
+    table:  the merged record table (``data.record_table``), row r = the r-th stored crop
+    info:   the set's ``ShardSetInfo``
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.info = ShardSetInfo.read(self.folder)
+        if not self.info.complete:
+            raise ShardError(
+                f"{self.folder}: {len(self.info.shards)} of {self.info.num_shards} shards are finished "
+                "(packing was interrupted); run the same pack command again to finish it"
+            )
+        tables = [self._load_table(index) for index in range(self.info.num_shards)]
+        self.table = _merge_tables(tables)
+        counts = np.array([entry.crops for entry in self.info.shards], dtype=np.int64)
+        self._first_row = np.concatenate([[0], np.cumsum(counts)])
+        self._indices: dict[int, list[list[IndexEntry]]] = {}
+        self._files: dict[int, int] = {}
+
+    def _path(self, shard: int, suffix: str) -> Path:
+        return self.folder / (self.info.shards[shard].name + suffix)
+
+    def _load_table(self, shard: int) -> dict[str, np.ndarray]:
+        path = self._path(shard, ".npz")
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                table = {name: stored[name] for name in stored.files}
+        except (OSError, ValueError) as err:
+            raise ShardError(f"{path}: cannot read the record table ({err})") from err
+        try:
+            rows = check_record_table(table, str(path))
+        except ValueError as err:
+            raise ShardError(str(err)) from err
+        if rows != self.info.shards[shard].crops:
+            raise ShardError(
+                f"{path}: {rows} rows, but shards.json says the shard stores {self.info.shards[shard].crops}"
+            )
+        return table
+
+    def __len__(self) -> int:
+        return int(self._first_row[-1])
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_files"] = {}  # file descriptors are per process: a loader worker opens its own
+        return state
+
+    def close(self) -> None:
+        for descriptor in self._files.values():
+            os.close(descriptor)
+        self._files = {}
+
+    def locate(self, row: int) -> tuple[int, int]:
+        """(shard, position within the shard) of ``row``."""
+        if not 0 <= row < len(self):
+            raise IndexError(f"row {row} outside 0..{len(self) - 1}")
+        shard = int(np.searchsorted(self._first_row, row, side="right")) - 1
+        return shard, row - int(self._first_row[shard])
+
+    def record(self, row: int) -> CropRecord:
+        return table_record(self.table, row)
+
+    def _samples(self, shard: int) -> list[list[IndexEntry]]:
+        if shard not in self._indices:
+            samples = read_dali_index(self._path(shard, ".idx"))
+            if len(samples) != self.info.shards[shard].crops:
+                raise ShardError(
+                    f"{self._path(shard, '.idx')}: {len(samples)} samples, but the shard stores "
+                    f"{self.info.shards[shard].crops} crops"
+                )
+            self._indices[shard] = samples
+        return self._indices[shard]
+
+    def _descriptor(self, shard: int) -> int:
+        if shard not in self._files:
+            path = self._path(shard, ".tar")
+            try:
+                self._files[shard] = os.open(path, os.O_RDONLY)
+            except OSError as err:
+                raise ShardError(f"{path}: cannot open the shard ({err})") from err
+        return self._files[shard]
+
+    def jpeg(self, row: int) -> bytes:
+        """The stored JPEG bytes of ``row``; ShardError naming the shard and the record when they cannot be
+        read as the index says (the tar header at the indexed offset must name the crop's member)."""
+        shard, local = self.locate(row)
+        tar = self._path(shard, ".tar")
+        key = record_key(int(self.table["record"][row]))
+        member = next((m for m in self._samples(shard)[local] if m.extension == IMAGE_EXTENSION), None)
+        where = f"{tar}: record {key}"
+        if member is None or member.name != f"{key}.{IMAGE_EXTENSION}":
+            raise ShardError(f"{where}: the index lists {member.name if member else 'no image'} for it")
+        descriptor = self._descriptor(shard)
+        header = os.pread(descriptor, TAR_BLOCK, member.offset - TAR_BLOCK)
+        if len(header) < TAR_BLOCK or _tar_header_member(header) != (member.name, member.size):
+            found = _tar_header_member(header) if len(header) == TAR_BLOCK else "the end of the file"
+            raise ShardError(
+                f"{where}: the index says {member.name} ({member.size} bytes) at byte "
+                f"{member.offset}, the tar has {found} there"
+            )
+        data = os.pread(descriptor, member.size, member.offset)
+        if len(data) != member.size:
+            raise ShardError(
+                f"{where}: the tar ends after {len(data)} of the crop's {member.size} bytes (truncated)"
+            )
+        return data
+
+    def image(self, row: int) -> np.ndarray:
+        """``row``'s crop decoded with PIL: uint8 [H, W, 3] RGB; ShardError naming it when it does not
+        decode."""
+        return decode_jpeg(
+            self.jpeg(row),
+            f"{self._path(self.locate(row)[0], '.tar')}: record {record_key(int(self.table['record'][row]))}",
+        )
+
+    def skipped(self) -> list[SkippedRecord]:
+        """The records left out when the set was packed, shard by shard."""
+        import json
+
+        entries = []
+        for shard in range(self.info.num_shards):
+            path = self._path(shard, ".skipped.jsonl")
+            if path.is_file():
+                for line in path.read_text(encoding="utf-8").splitlines():
+                    entries.append(SkippedRecord.from_dict(json.loads(line)))
+        return entries
+
+
+def decode_jpeg(data: bytes, where: str) -> np.ndarray:
+    """JPEG (or any PIL image) bytes → uint8 [H, W, 3] RGB; ShardError naming ``where`` when they do not
+    decode."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise ShardError(f"{where}: the image does not decode ({err})") from err
