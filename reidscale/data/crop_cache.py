@@ -17,10 +17,8 @@ the records (every field), the size and modification time of every source file, 
 version: a changed corpus or crop size gets a new folder, an unchanged one is reused. The decoding backend
 is not part of it (DALI and PyAV crops are both valid crops of the same records).
 
-Decoding: video records (``frame >= 0``) go through ``build_crop_loader`` (DALI where it decodes the
-codec on the device, PyAV for the rest); image records (``frame == -1``, which the video loader skips) are
-cropped and resized with PIL (bilinear, as torchvision's ``Resize`` on PIL images does). Records that fail
-are skipped and counted in ``DecodeStats`` (``UNREADABLE_IMAGE`` for images), never raised.
+Decoding: ``data.decode.crops.decode_crops`` (video boxes through the crop loader, image files with PIL);
+records that fail are skipped and counted in ``DecodeStats``, never raised.
 
 Ranks: global rank 0 builds; the other ranks poll until the folder is complete, then all meet at a
 barrier when a process group exists (polling, not a barrier, covers the build: a long build would outlast
@@ -37,25 +35,21 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from reidscale.data.decode.geometry import clip_box
-from reidscale.data.decode.loader import build_crop_loader
-from reidscale.data.decode.stats import BOX_OUTSIDE_FRAME, DecodeStats
+from reidscale.data.decode.crops import decode_crops
+from reidscale.data.decode.stats import DecodeStats
 from reidscale.data.record_table import record_table
 from reidscale.data.records import CropRecord, SkippedRecord
 from reidscale.utils.dist import get_rank, get_world_size
 from reidscale.utils.io import atomic_write, atomic_write_json, atomic_write_text
 
 CACHE_FORMAT_VERSION = 1
-UNREADABLE_IMAGE = "unreadable_image"  # skip reason: PIL cannot open or decode the image file
 CACHE_STATUSES: tuple[str, ...] = ("built", "reused", "opened")
 SKIPPED_FILE = "skipped.jsonl"
-DECODE_BATCH = 64
 LOG_EVERY_S = 10.0
 CropProgressCallback = Callable[[int, int], None]  # (records handled so far, total records)
 logger = logging.getLogger(__name__)
@@ -164,26 +158,6 @@ def read_skipped_records(path: Path) -> list[SkippedRecord]:
     return entries
 
 
-def _load_image(record: CropRecord, out_size: tuple[int, int]) -> np.ndarray | str:
-    """PIL crop + bilinear resize of an image record: uint8 [H, W, 3], or the skip reason."""
-    from PIL import Image
-
-    try:
-        with Image.open(record.source) as image:
-            rgb = image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return UNREADABLE_IMAGE
-    x, y, w, h = record.box
-    if w > 0 and h > 0:
-        box = clip_box(record.box, rgb.width, rgb.height)
-        if box is None:
-            return BOX_OUTSIDE_FRAME
-        x, y, w, h = box
-        rgb = rgb.crop((x, y, x + w, y + h))
-    resized = rgb.resize((out_size[1], out_size[0]), Image.Resampling.BILINEAR)
-    return np.asarray(resized, dtype=np.uint8)
-
-
 class _ProgressCounter:
     """Counts handled records; calls ``callback`` on every update and logs a line every LOG_EVERY_S."""
 
@@ -212,38 +186,13 @@ def _decode_into(
 ) -> tuple[np.ndarray, DecodeStats]:
     """Write the crop of record i into crops[i]; returns (decoded bool [len(records)], stats)."""
     decoded = np.zeros(len(records), dtype=bool)
-    video_positions = [i for i, record in enumerate(records) if record.is_video]
-    image_positions = [i for i, record in enumerate(records) if not record.is_video]
-    out_size = tuple(crops.shape[1:3])
     stats = DecodeStats()
-    if video_positions:
-        loader = build_crop_loader(
-            [records[i] for i in video_positions],
-            DECODE_BATCH,
-            out_size,
-            backend,
-            device,
-            num_threads=num_threads,
-        )
-        positions = np.asarray(video_positions, dtype=np.int64)
-        for indices, batch in loader:
-            rows = positions[indices.numpy()]
-            crops[rows] = batch.cpu().numpy()
-            decoded[rows] = True
-            progress.add(len(rows))
-        stats.merge(loader.stats, positions=video_positions)
-        progress.add(len(video_positions) - int(decoded.sum()))  # the skipped ones
-    if image_positions:
-        with ThreadPoolExecutor(max_workers=num_threads) as pool:
-            images = pool.map(lambda i: _load_image(records[i], out_size), image_positions)
-            for position, result in zip(image_positions, images, strict=True):
-                if isinstance(result, str):
-                    stats.skip_records(result, records[position].source, [position])
-                else:
-                    crops[position] = result
-                    decoded[position] = True
-                    stats.crops += 1
-                progress.add(1)
+    out_size = (int(crops.shape[1]), int(crops.shape[2]))
+    for rows, batch in decode_crops(records, out_size, stats, backend, device, num_threads):
+        crops[rows] = batch
+        decoded[rows] = True
+        progress.add(len(rows))
+    progress.add(len(records) - int(decoded.sum()))  # the skipped ones
     return decoded, stats
 
 

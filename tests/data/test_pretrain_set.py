@@ -20,7 +20,8 @@ from PIL import Image
 from torchvision import transforms as T
 
 from reidscale.data import crop_cache
-from reidscale.data.crop_cache import UNREADABLE_IMAGE, build_crop_cache, open_crop_cache
+from reidscale.data.crop_cache import build_crop_cache, open_crop_cache
+from reidscale.data.decode.crops import UNREADABLE_IMAGE
 from reidscale.data.decode.loader import build_crop_loader, crops_by_record
 from reidscale.data.decode.stats import BOX_OUTSIDE_FRAME, UNREADABLE_VIDEO
 from reidscale.data.manifests import load_manifest
