@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -111,6 +112,38 @@ def cmd_evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
         if png is not None:
             tracker.log_image("eval/rank_list", png, step=0)
             print(f"rank lists drawn to {png}")
+    return 0
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from reidscale.data.manifests import MANIFEST_KINDS, load_manifest, manifest_options
+    from reidscale.data.pretrain_set import resolve_decode_device
+    from reidscale.data.shards.pack import PackSettings, pack_manifest
+
+    kind, path = args.manifest
+    if kind not in MANIFEST_KINDS:
+        raise ValueError(f"--manifest KIND must be one of {MANIFEST_KINDS}, got {kind!r}")
+    corpus = Path(path).resolve()
+    corpus = corpus if corpus.is_dir() else corpus.parent
+    out = args.out.resolve()
+    if out.is_relative_to(corpus):
+        raise ValueError(
+            f"--out {args.out} lies inside the corpus folder {corpus}: pack into a folder of its own"
+        )
+    settings = PackSettings(
+        size=(args.size[0], args.size[1]),
+        quality=args.quality,
+        records_per_shard=args.records_per_shard,
+        decode_backend=args.decode_backend,
+        decode_device=resolve_decode_device(args.decode_device),
+        num_threads=args.threads,
+        strict=args.strict,
+    )
+    options = {"strict": args.strict} if "strict" in manifest_options(kind) else {}
+    manifest = load_manifest(kind, path, **options)
+    skipped = len(manifest.skipped_entries)
+    print(f"pack: {kind} manifest {path}: {len(manifest)} records ({skipped} skipped by the reader)")
+    pack_manifest(manifest, args.out, {"kind": kind, "path": str(Path(path).resolve())}, settings)
     return 0
 
 
@@ -334,6 +367,36 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--codec", default="h264", choices=("h264", "vp9", "mjpeg"), help="video codec")
     synth.add_argument("--workers", type=int, default=1, help="processes rendering videos in parallel")
     synth.add_argument("--overwrite", action="store_true", help="replace an earlier corpus in --out")
+    pack = sub.add_parser(
+        "pack", help="pack a manifest's person crops into WebDataset JPEG shards for streaming pre-training"
+    )
+    pack.add_argument(
+        "--manifest", nargs=2, required=True, metavar=("KIND", "PATH"),
+        help="manifest reader (video_tracklets, luperson_nl, cion_json, market, saved) and its path",
+    )  # fmt: skip
+    pack.add_argument(
+        "--out", required=True, type=Path, help="shard folder (resumed when it holds this pack)"
+    )
+    pack.add_argument(
+        "--size", nargs=2, type=int, default=[256, 128], metavar=("H", "W"),
+        help="size of the crops that are decoded and encoded (whole JPEG images are copied as they are)",
+    )  # fmt: skip
+    pack.add_argument("--quality", type=int, default=95, help="JPEG quality of encoded crops (1..100)")
+    pack.add_argument("--records-per-shard", type=int, default=1000, help="manifest records per shard")
+    pack.add_argument(
+        "--decode-backend", default="auto", choices=("auto", "dali", "pyav"), help="video decoder"
+    )
+    pack.add_argument(
+        "--decode-device",
+        default="auto",
+        choices=("auto", "cpu", "gpu"),
+        help="DALI's device (auto: gpu if any)",
+    )
+    pack.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="decoding threads")
+    pack.add_argument(
+        "--strict", action="store_true",
+        help="stop at the first unreadable manifest line or record (default: skip, count and name it)",
+    )  # fmt: skip
     demo = sub.add_parser(
         "demo", help="the README's demo: synthetic corpus, 2-rank selective contrastive pre-training, mAP"
     )
@@ -374,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, overrides = _split_overrides(parser, argv)
     try:
-        without_config = {"info": cmd_info, "prebuild": cmd_prebuild, "synth": cmd_synth}
+        without_config = {"info": cmd_info, "prebuild": cmd_prebuild, "synth": cmd_synth, "pack": cmd_pack}
         if args.command in without_config:
             if overrides:
                 parser.error(f"{args.command} takes no config overrides, got {' '.join(overrides)}")
