@@ -87,6 +87,10 @@ class CropCache:
             self._crops = np.load(self.folder / "crops.npy", mmap_mode="r")
         return self._crops
 
+    def crop(self, index: int) -> np.ndarray:
+        """uint8 [H, W, 3]: row ``index``, copied out of the read-only memory map."""
+        return np.array(self.crops[index])
+
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_crops"] = None  # a pickled memmap would copy the whole array; reopen instead

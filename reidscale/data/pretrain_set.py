@@ -1,11 +1,14 @@
 """The pre-training image set of selective contrastive learning (docs/methods.md): N fixed, indexed crops.
 
 The method keeps one memory-bank row per training image, so its training set is a fixed list of person
-crops, decoded once (``crop_cache``) and then read from disk every epoch::
+crops, read from disk every epoch::
 
     manifest (load_manifest) ──► select_records (stride + cap per tracklet)
-      ──► crop cache (uint8 [N, H, W, 3] on disk)
+      ──► crop cache (uint8 [N, H, W, 3] on disk, decoded once)
       ──► PretrainImageSet (item i = bank row i) + pretrain_batch_sampler (a permutation per epoch, per rank)
+
+    shard set (reidscale pack: JPEG crops) ──► select_positions (the same selection over its rows)
+      ──► ShardCrops (JPEG decoded and resized when read) ──► PretrainImageSet + pretrain_batch_sampler
 
 ``build_pretrain_set(config, image_size, batch_per_rank, seed)`` ties it together; use the pair as
 ``DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers)`` and call
@@ -15,15 +18,16 @@ crops, decoded once (``crop_cache``) and then read from disk every epoch::
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from reidscale.data.crop_cache import CropCache, CropProgressCallback, build_crop_cache
+from reidscale.data.crop_cache import CropProgressCallback, build_crop_cache
 from reidscale.data.decode.loader import BACKENDS
 from reidscale.data.manifests import MANIFEST_KINDS, load_manifest, manifest_options
 from reidscale.data.normalize import normalize_image
@@ -35,6 +39,8 @@ from reidscale.utils.dist import get_rank, get_world_size
 from reidscale.utils.options import option
 
 DECODE_DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
+#: what pre-training reads: a manifest (decoded once into a crop cache) or a shard set (``reidscale pack``)
+PRETRAIN_SOURCES: tuple[str, ...] = (*MANIFEST_KINDS, "shards")
 logger = logging.getLogger(__name__)
 
 
@@ -42,8 +48,13 @@ logger = logging.getLogger(__name__)
 class PretrainDataConfig:
     """The fixed image set of unsupervised pre-training: source, subsampling, crop size, decoding, cache."""
 
-    source: str = option("video_tracklets", "manifest kind to read (reidscale.data.manifests.MANIFEST_KINDS)")
-    path: str = option("data/synth_demo", "the corpus / folder / file the manifest reader reads")
+    source: str = option(
+        "video_tracklets",
+        "manifest kind to read (reidscale.data.manifests.MANIFEST_KINDS) or shards (a reidscale pack folder)",
+    )
+    path: str = option(
+        "data/synth_demo", "the corpus / folder / file the manifest reader reads, or the shards"
+    )
     manifest_options: dict[str, Any] = option(
         doc="keyword options of the manifest reader (e.g. strict: false)", factory=dict
     )
@@ -68,19 +79,20 @@ class PretrainDataConfig:
     num_workers: int = option(0, "DataLoader worker processes reading the cache")
 
     def __post_init__(self) -> None:
-        if self.source not in MANIFEST_KINDS:
-            raise ValueError(f"pretrain_data.source must be one of {MANIFEST_KINDS}, got {self.source!r}")
+        if self.source not in PRETRAIN_SOURCES:
+            raise ValueError(f"pretrain_data.source must be one of {PRETRAIN_SOURCES}, got {self.source!r}")
         if not isinstance(self.path, str) or not self.path:
             raise ValueError(f"pretrain_data.path must be a non-empty path, got {self.path!r}")
         if not isinstance(self.manifest_options, dict):
             raise ValueError(
                 f"pretrain_data.manifest_options must be a mapping, got {self.manifest_options!r}"
             )
-        unknown = sorted(set(self.manifest_options) - set(manifest_options(self.source)))
+        known = manifest_options(self.source) if self.source in MANIFEST_KINDS else ()
+        unknown = sorted(set(self.manifest_options) - set(known))
         if unknown:
             raise ValueError(
                 f"pretrain_data.manifest_options has {unknown}, not options of the {self.source!r} reader "
-                f"(it takes {list(manifest_options(self.source))})"
+                f"(it takes {list(known)})"
             )
         minimum = {"frame_stride": 1, "max_per_tracklet": 0}
         minimum["num_workers"] = 0
@@ -123,31 +135,52 @@ def spread_evenly(count: int, keep: int) -> list[int]:
 
 
 def select_records(manifest: Manifest, frame_stride: int, max_per_tracklet: int) -> list[CropRecord]:
-    """Deterministic per-tracklet subsampling of ``manifest.records``, kept in manifest order.
+    """Deterministic per-tracklet subsampling of ``manifest.records``, kept in manifest order
+    (``select_positions``)."""
+    positions = select_positions(manifest.records, frame_stride, max_per_tracklet)
+    return [manifest.records[position] for position in positions]
+
+
+def select_positions(records: Sequence[CropRecord], frame_stride: int, max_per_tracklet: int) -> list[int]:
+    """The positions in ``records`` that per-tracklet subsampling keeps, ascending.
 
     Each tracklet's records (by tracklet number, or by (video, camera, pid) when ``tracklet == -1``, as in
-    image-folder manifests) are ordered by (frame, manifest position); the 1st, (1+k)th, (1+2k)th … are
-    kept (k = ``frame_stride``), then, when more than ``max_per_tracklet`` > 0 remain, ``spread_evenly``
-    picks that many of them.
+    image-folder manifests) are ordered by (frame, position); the 1st, (1+k)th, (1+2k)th … are kept
+    (k = ``frame_stride``), then, when more than ``max_per_tracklet`` > 0 remain, ``spread_evenly`` picks
+    that many of them.
     """
     if frame_stride < 1:
         raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
     if max_per_tracklet < 0:
         raise ValueError(f"max_per_tracklet must be >= 0 (0 = no cap), got {max_per_tracklet}")
     groups: dict[tuple, list[int]] = {}
-    for position, record in enumerate(manifest.records):
+    for position, record in enumerate(records):
         groups.setdefault(_group_key(record), []).append(position)
     kept: list[int] = []
     for positions in groups.values():
-        ordered = sorted(positions, key=lambda p: (manifest.records[p].frame, p))[::frame_stride]
+        ordered = sorted(positions, key=lambda p: (records[p].frame, p))[::frame_stride]
         if max_per_tracklet:
             ordered = [ordered[i] for i in spread_evenly(len(ordered), max_per_tracklet)]
         kept.extend(ordered)
-    return [manifest.records[position] for position in sorted(kept)]
+    return sorted(kept)
+
+
+class CropSource(Protocol):
+    """Fixed crops of one size, by row: a crop cache (``CropCache``) or chosen rows of a shard set
+    (``ShardCrops``). ``rows`` holds at least int64 [N] arrays ``camera`` and ``pid``."""
+
+    height: int
+    width: int
+    rows: dict[str, np.ndarray]
+
+    @property
+    def num_rows(self) -> int: ...
+
+    def crop(self, index: int) -> np.ndarray: ...
 
 
 class PretrainImageSet(Dataset):
-    """The cached crops as training images; item ``i`` (= memory-bank row i) is
+    """The crops of a ``CropSource`` as training images; item ``i`` (= memory-bank row i) is
 
     ``{"image": float32 [3, H, W] ImageNet-normalised, flipped with flip_prob, "index": i, "camid": int,
     "pid": int}`` (pid = tracklet / pseudo identity, reported only). The augmentation is the views' ``flip``
@@ -162,7 +195,7 @@ class PretrainImageSet(Dataset):
     ``build_pretrain_set``.
     """
 
-    def __init__(self, cache: CropCache, flip_prob: float = 0.5, augment: bool = True) -> None:
+    def __init__(self, cache: CropSource, flip_prob: float = 0.5, augment: bool = True) -> None:
         if not 0.0 <= flip_prob <= 1.0:
             raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
         self.cache, self.flip_prob, self.augment = cache, float(flip_prob), bool(augment)
@@ -197,7 +230,7 @@ class PretrainImageSet(Dataset):
 
     def test_view(self, index: int) -> torch.Tensor:
         """float32 [3, H, W]: image ``index`` normalised, not flipped."""
-        crop = torch.from_numpy(np.array(self.cache.crops[index]))  # copy out of the read-only memmap
+        crop = torch.from_numpy(self.cache.crop(index))
         return normalize_image(crop.permute(2, 0, 1))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -265,11 +298,52 @@ def build_pretrain_set(
     world_size: int | None = None,
     progress: CropProgressCallback | None = None,
 ) -> tuple[PretrainImageSet, IdentitySampler]:
-    """Read the manifest, select the records, build or reuse the crop cache of crops ``image_size``
-    (height, width: the training input size, ``model.img_size``), and return the dataset with this rank's
-    sampler. ``dataset.summary`` holds (and the log gets) one line of what was read, selected,
-    skipped and cached; ``dataset.skipped`` the skip counts by reason of the manifest reader and of the
-    decoders, ``dataset.skipped_entries`` every skipped item the reader and the decoders named."""
+    """The pre-training images at ``image_size`` (height, width: the training input size,
+    ``model.img_size``) and this rank's sampler.
+
+    From a manifest: read it, select the records, build or reuse the crop cache. From a shard set
+    (``source: shards``): open it, select its rows the same way, decode each JPEG when it is read.
+    ``dataset.summary`` holds (and the log gets) one line of what was read, selected, skipped and cached;
+    ``dataset.skipped`` the skip counts by stage and reason ("reader" and "decode", or "pack"),
+    ``dataset.skipped_entries`` every skipped item named."""
+    if config.source == "shards":
+        dataset = _shard_image_set(config, image_size)
+    else:
+        dataset = _cached_image_set(config, image_size, progress)
+    sampler = pretrain_batch_sampler(dataset.num_images, batch_per_rank, seed, rank, world_size)
+    dataset.summary += f"; {len(sampler)} batches of {batch_per_rank} per rank"
+    logger.info(dataset.summary)
+    return dataset, sampler
+
+
+def _shard_image_set(config: PretrainDataConfig, image_size: tuple[int, int]) -> PretrainImageSet:
+    """The selected rows of the shard set at ``config.path``, resized to ``image_size`` when read."""
+    from reidscale.data.shards import CropShards, ShardCrops
+
+    shards = CropShards(config.path)
+    records = [shards.record(row) for row in range(len(shards))]
+    rows = select_positions(records, config.frame_stride, config.max_per_tracklet)
+    if not rows:
+        raise ValueError(f"pretrain_data: the shard set at {config.path!r} stores no crops")
+    dataset = PretrainImageSet(ShardCrops(shards, np.asarray(rows), image_size), config.flip_prob)
+    skipped = shards.skipped()
+    counts: dict[str, int] = {}
+    for entry in skipped:
+        counts[entry.reason] = counts.get(entry.reason, 0) + 1
+    dataset.summary = (
+        f"pretrain set: shards at {config.path}: {len(shards)} crops of {shards.info.total_records} records "
+        f"({len(skipped)} left out when packed), {len(rows)} selected (stride {config.frame_stride}, cap "
+        f"{config.max_per_tracklet or 'none'}), decoded to {image_size[0]}x{image_size[1]} when read"
+    )
+    dataset.skipped = {"pack": counts}
+    dataset.skipped_entries = [{"stage": "pack", **entry.as_dict()} for entry in skipped]
+    return dataset
+
+
+def _cached_image_set(
+    config: PretrainDataConfig, image_size: tuple[int, int], progress: CropProgressCallback | None
+) -> PretrainImageSet:
+    """The selected records of the manifest, decoded once into (or found in) a crop cache."""
     manifest = load_manifest(config.source, config.path, **config.manifest_options)
     records = select_records(manifest, config.frame_stride, config.max_per_tracklet)
     if not records:
@@ -283,22 +357,20 @@ def build_pretrain_set(
         progress=progress,
     )
     dataset = PretrainImageSet(cache, config.flip_prob)
-    sampler = pretrain_batch_sampler(dataset.num_images, batch_per_rank, seed, rank, world_size)
     skipped = sum(manifest.skipped.values())
     dataset.summary = (
         f"pretrain set: {len(manifest)} records read ({skipped} skipped by the reader), "
         f"{len(records)} selected "
         f"(stride {config.frame_stride}, cap {config.max_per_tracklet or 'none'}), {cache.num_rows} crops "
         f"{image_size[0]}x{image_size[1]} {cache.status} at {cache.folder} "
-        f"(decode: {cache.stats.summary()}); {len(sampler)} batches of {batch_per_rank} per rank"
+        f"(decode: {cache.stats.summary()})"
     )
     dataset.skipped = {"reader": dict(manifest.skipped), "decode": dict(cache.stats.skipped)}
     dataset.skipped_entries = [
         *({"stage": "reader", **entry.as_dict()} for entry in manifest.skipped_entries),
         *({"stage": "decode", **entry.as_dict()} for entry in cache.stats.skipped_records),
     ]
-    logger.info(dataset.summary)
-    return dataset, sampler
+    return dataset
 
 
 __all__ = [

@@ -432,3 +432,58 @@ def test_default_cache_dir_is_beside_the_data(corpus: Path, tmp_path: Path) -> N
     dataset, _ = build_pretrain_set(config, (16, 8), batch_per_rank=2, rank=0, world_size=1)
     assert dataset.cache.folder.parent == market / ".reidscale_cache"
     assert open_crop_cache(dataset.cache.folder).num_rows == dataset.num_images
+
+
+# ---- from a shard set ------------------------------------------------------------------------------------
+
+
+def test_a_shard_set_gives_the_same_images_as_the_crop_cache_after_one_jpeg_pass(
+    corpus: Path, tmp_path: Path
+) -> None:
+    """Packed at the training size from the same decoders, the shard set selects the same records and each
+    image is the crop cache's crop after one JPEG encode/decode (exactly: both sides are deterministic)."""
+    from reidscale.data.shards import ShardError, decode_jpeg
+    from reidscale.data.shards.pack import PackSettings, encode_jpeg, pack_manifest
+
+    manifest = load_manifest("video_tracklets", corpus)
+    settings = PackSettings(size=SIZE, quality=90, records_per_shard=256, decode_backend="pyav")
+    pack_manifest(manifest, tmp_path / "shards", {"kind": "video_tracklets"}, settings, log=lambda line: None)
+    common = {"frame_stride": 8, "max_per_tracklet": 3, "flip_prob": 0.0, "decode_backend": "pyav"}
+    cached, _ = build_pretrain_set(
+        PretrainDataConfig(path=str(corpus), cache_dir=str(tmp_path / "cache"), **common),
+        SIZE,
+        4,
+        rank=0,
+        world_size=1,
+    )
+    packed, sampler = build_pretrain_set(
+        PretrainDataConfig(source="shards", path=str(tmp_path / "shards"), **common),
+        SIZE,
+        4,
+        rank=0,
+        world_size=1,
+    )
+    assert packed.num_images == cached.num_images and len(sampler) == cached.num_images // 4
+    assert torch.equal(packed.pids, cached.pids) and torch.equal(packed.cameras, cached.cameras)
+    for index in range(packed.num_images):
+        once_jpeg = decode_jpeg(encode_jpeg(cached.cache.crop(index), 90), "expected")
+        assert np.array_equal(packed.cache.crop(index), once_jpeg)
+        assert torch.equal(packed[index]["image"], packed.test_view(index))  # flip_prob 0
+    assert packed.skipped == {"pack": {}} and packed.skipped_entries == []
+    assert ": 1213 crops of 1213 records (0 left out when packed), 98 selected (stride 8" in packed.summary
+    larger, _ = build_pretrain_set(
+        PretrainDataConfig(source="shards", path=str(tmp_path / "shards"), **common),
+        (96, 48),
+        4,
+        rank=0,
+        world_size=1,
+    )
+    assert larger.test_view(0).shape == (3, 96, 48)  # stored at 64×32, resized when read
+    with pytest.raises(
+        ValueError, match=r"pretrain_data.manifest_options has \['strict'\], not options of the"
+    ):
+        PretrainDataConfig(source="shards", path="x", manifest_options={"strict": False})
+    with pytest.raises(ShardError, match=r"holds no shards\.json: not a crop shard set"):
+        build_pretrain_set(
+            PretrainDataConfig(source="shards", path=str(corpus)), SIZE, 4, rank=0, world_size=1
+        )

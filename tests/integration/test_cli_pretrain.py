@@ -332,3 +332,20 @@ def test_pretrain_without_evaluation_or_cameras_prints_no_empty_lines(tmp_path: 
     ]
     results = json.loads((tmp_path / "runs" / "no_eval" / "results.json").read_text())
     assert (results["before"], results["after"], results["evaluations"]) == ({}, {}, [])
+
+
+def test_pretraining_reads_a_packed_shard_set(tmp_path: Path, corpus: Path) -> None:
+    """``reidscale pack`` then ``pretrain`` with ``pretrain_data.source: shards``: the run completes and
+    reports the pack's skip counts; no crop cache is built."""
+    shards = tmp_path / "shards"
+    pack = [sys.executable, "-m", "reidscale", "pack", "--manifest", "video_tracklets", str(corpus)]
+    packed = _run([*pack, "--out", str(shards), "--size", "64", "32", "--decode-backend", "pyav"])
+    assert f"packed 1203 records into {shards}: 1203 crops, skipped none;" in packed.stdout
+    config = _config(tmp_path, corpus, "from_shards")
+    overrides = ["--pretrain_data.source=shards", f"--pretrain_data.path={shards}", "--train.epochs=1"]
+    out = _run([sys.executable, "-m", "reidscale", "pretrain", "--config", str(config), *overrides]).stdout
+    assert f"pretrain set: shards at {shards}: 1203 crops of 1203 records" in out
+    results = json.loads((tmp_path / "runs" / "from_shards" / "results.json").read_text())
+    assert results["status"] == "completed" and results["skipped"] == {"pack": {}}
+    assert set(results["after"]) >= {"mAP", "R1", "mINP"}
+    assert not (tmp_path / "cache").exists()

@@ -1,12 +1,13 @@
 """Crop shards: person crops packed as WebDataset tar shards with DALI indices and record tables."""
 
 from reidscale.data.shards.layout import ShardEntry, ShardError, ShardSetInfo, read_dali_index
-from reidscale.data.shards.reader import CropShards, decode_jpeg
+from reidscale.data.shards.reader import CropShards, ShardCrops, decode_jpeg
 from reidscale.data.shards.writer import PackedCrop, ShardSetWriter
 
 __all__ = [
     "CropShards",
     "PackedCrop",
+    "ShardCrops",
     "ShardEntry",
     "ShardError",
     "ShardSetInfo",

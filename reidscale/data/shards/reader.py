@@ -190,13 +190,46 @@ class CropShards:
         return entries
 
 
-def decode_jpeg(data: bytes, where: str) -> np.ndarray:
-    """JPEG (or any PIL image) bytes → uint8 [H, W, 3] RGB; ShardError naming ``where`` when they do not
-    decode."""
+def decode_jpeg(data: bytes, where: str, size: tuple[int, int] | None = None) -> np.ndarray:
+    """JPEG (or any PIL image) bytes → uint8 [H, W, 3] RGB, resized (bilinear) to ``size`` = (height, width)
+    when given and different; ShardError naming ``where`` when they do not decode."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return np.asarray(image.convert("RGB"))
+            rgb = image.convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError) as err:
         raise ShardError(f"{where}: the image does not decode ({err})") from err
+    if size is not None and (rgb.height, rgb.width) != tuple(size):
+        rgb = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    return np.array(rgb)  # a writable copy (torch.from_numpy warns on PIL's read-only buffer)
+
+
+class ShardCrops:
+    """Chosen rows of a shard set as crops of one size: what ``PretrainImageSet`` reads (the same protocol
+    as a crop cache: ``height``, ``width``, ``num_rows``, ``rows`` and ``crop(i)``).
+
+    rows:  [N] the shard-set rows used, item i = ``shards`` row ``rows[i]``
+    size:  (height, width) every crop is resized to (bilinear) when it is stored at another size
+    """
+
+    def __init__(self, shards: CropShards, rows: np.ndarray, size: tuple[int, int]) -> None:
+        self.shards, self.selected = shards, np.asarray(rows, dtype=np.int64)
+        self.height, self.width = int(size[0]), int(size[1])
+        self.rows = {
+            name: shards.table[name][self.selected] for name in ("record", "camera", "tracklet", "pid")
+        }
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.selected.shape[0])
+
+    def crop(self, index: int) -> np.ndarray:
+        """uint8 [height, width, 3] of item ``index`` (ShardError naming the shard and record when its JPEG
+        cannot be read or decoded)."""
+        row = int(self.selected[index])
+        shard = self.shards.info.shards[self.shards.locate(row)[0]].name
+        where = (
+            f"{self.shards.folder / shard}.tar: record {record_key(int(self.shards.table['record'][row]))}"
+        )
+        return decode_jpeg(self.shards.jpeg(row), where, (self.height, self.width))
