@@ -68,7 +68,7 @@ class PretrainDataConfig:
         None, "folder of the decoded-crop caches; null = <path>/.reidscale_cache (beside a file path)"
     )
     decode_backend: Literal["auto", "dali", "pyav"] = option(
-        "auto", "video decoding: auto (DALI where it decodes the codec, PyAV otherwise), dali or pyav"
+        "auto", "video decoding: auto (PyAV on the CPU, DALI for NVDEC's codecs on a GPU), dali or pyav"
     )
     decode_device: Literal["auto", "cpu", "gpu"] | None = option(
         None, "cpu, gpu, or null/auto = gpu when torch sees CUDA"

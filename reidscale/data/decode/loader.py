@@ -8,13 +8,19 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from reidscale.data.decode.dali_pipeline import crop_records_dali, dali_codecs
+from reidscale.data.decode.dali_pipeline import DALI_GPU_CODECS, crop_records_dali, dali_codecs
 from reidscale.data.decode.pyav_reader import crop_records_pyav
 from reidscale.data.decode.stats import DecodeStats
 from reidscale.data.records import CropRecord
 from reidscale.data.video_probe import VideoInfo, VideoOpenError, probe_video
 
 BACKENDS: tuple[str, ...] = ("auto", "dali", "pyav")
+#: The codecs ``backend="auto"`` sends to DALI, per device: those where DALI was measured faster than PyAV.
+#: CPU: none. On long clips (benchmarks/bench_long_video.py, 3,000 frames) PyAV served MJPEG boxes 7 to 26×
+#: and VP9 boxes 2 to 19× faster than DALI's CPU decoder, which decodes from the start of the file for every
+#: sample, so its cost grows with the boxes' position (late boxes 3.4× (MJPEG) and 9.9× (VP9) slower than
+#: early ones; PyAV seeks to the keyframe: 0.85–1.1×). GPU: every codec NVDEC decodes (not yet measured).
+AUTO_DALI_CODECS: dict[str, frozenset[str]] = {"cpu": frozenset(), "gpu": DALI_GPU_CODECS}
 
 
 def dali_available() -> bool:
@@ -60,7 +66,9 @@ class CropLoader:
             return [], list(range(len(self.records)))
         if self.backend == "dali":
             return list(range(len(self.records))), []
-        supported = dali_codecs(self.device)
+        supported = AUTO_DALI_CODECS[self.device]
+        if not supported:
+            return [], list(range(len(self.records)))
         to_dali, to_pyav = [], []
         for position, record in enumerate(self.records):
             if record.source not in self.video_cache:
@@ -140,9 +148,10 @@ def build_crop_loader(
 
     backend: "pyav" (CPU, every codec), "dali" (DALI only: VP8/VP9/MJPEG on "cpu", also H.264/HEVC/AV1/
              MPEG-4 on "gpu"; other codecs are skipped and counted), or "auto": DALI for the videos whose
-             codec it decodes on ``device`` when DALI is installed, PyAV for the rest and for the records of
-             any DALI batch that failed (a damaged file). Batches come DALI videos first, then PyAV ones;
-             indices say which record each crop belongs to.
+             codec ``AUTO_DALI_CODECS[device]`` lists (measured faster there; none on the CPU) when DALI is
+             installed, PyAV for the rest and for the records of any DALI batch that failed (a damaged
+             file). Batches come DALI videos first, then PyAV ones; indices say which record each crop
+             belongs to.
     device:  "cpu" or "gpu" (DALI decodes with NVDEC and crops on the GPU; PyAV crops are moved there).
     chunk_len / chunks_per_batch / num_threads: DALI sample and batch sizes and CPU threads.
     The last batch may be smaller unless ``drop_last``. Skipped records are counted in ``loader.stats``.

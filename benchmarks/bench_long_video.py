@@ -1,0 +1,152 @@
+"""Benchmark: does decoding cost grow with where the boxes lie in a long video?
+
+A surveillance clip is long (thousands of frames) and its boxes spread over all of it. A decoder that
+seeks to the keyframe before each wanted frame pays the same for boxes late in the file as for early ones;
+one that decodes from the start of the file for every sample pays more the later the boxes lie, so a
+whole video costs the square of its length. This benchmark writes one clip per codec (``--video-frames``
+frames of 320×240 moving texture, a keyframe every 50 frames), places a 64×128 box on every
+``--box-every``-th frame of its first and of its last tenth, and times each decoding path over the early
+boxes and over the late ones (``build_crop_loader`` at 64×32, DALI chunks of 16 boxes).
+
+Columns: ``path``, ``codec``, ``video_frames``, ``boxes`` (per span), ``early_crops_per_s`` and
+``late_crops_per_s`` (crops per second over each span), ``late_over_early_time`` (the late span's time
+over the early one's: about 1 when the cost does not depend on the position), ``threads``, ``load_avg``.
+
+    python benchmarks/bench_long_video.py --codecs mjpeg,vp9,h264 --paths pyav,dali-cpu --video-frames 3000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: `benchmarks` imports
+from benchmarks.common import append_rows, provenance
+from reidscale.data.decode.loader import build_crop_loader, dali_available
+from reidscale.data.records import CropRecord
+
+CODECS = {"mjpeg": ("mjpeg", ".avi", "yuvj420p"), "vp9": ("libvpx-vp9", ".webm", "yuv420p"),
+          "h264": ("libx264", ".mp4", "yuv420p")}  # fmt: skip
+PATHS = ("pyav", "dali-cpu", "dali-gpu")
+PATH_CODECS = {"pyav": tuple(CODECS), "dali-cpu": ("mjpeg", "vp9"), "dali-gpu": tuple(CODECS)}
+FRAME_SIZE = (240, 320)
+BOX = (10, 10, 64, 128)
+OUT_SIZE = (64, 32)
+KEYFRAME_INTERVAL = 50
+
+
+def write_clip(path: Path, codec: str, frames: int) -> Path:
+    """A ``frames``-frame clip of a texture sliding one pixel per frame, a keyframe every 50 frames."""
+    import av
+
+    encoder, _, pix_fmt = CODECS[codec]
+    texture = np.random.default_rng(0).integers(0, 256, (*FRAME_SIZE, 3), dtype=np.uint8)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(encoder, rate=25)
+        stream.height, stream.width = FRAME_SIZE
+        stream.pix_fmt = pix_fmt
+        options = {"g": str(KEYFRAME_INTERVAL)}
+        if codec == "vp9":
+            options.update({"deadline": "realtime", "cpu-used": "8"})
+        if codec == "h264":
+            options.update({"preset": "ultrafast", "bf": "0"})
+        stream.options = options
+        for index in range(frames):
+            picture = av.VideoFrame.from_ndarray(np.roll(texture, index, axis=1), format="rgb24")
+            for packet in stream.encode(picture):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def span_records(path: Path, first: int, last: int, every: int) -> list[CropRecord]:
+    return [CropRecord(str(path), frame, BOX, pid=0) for frame in range(first, last, every)]
+
+
+def time_pass(records: list[CropRecord], path: str, threads: int) -> float:
+    backend = "pyav" if path == "pyav" else "dali"
+    device = "gpu" if path == "dali-gpu" else "cpu"
+    loader = build_crop_loader(records, 64, OUT_SIZE, backend, device, chunk_len=16, num_threads=threads)
+    start = time.perf_counter()
+    crops = sum(len(indices) for indices, _ in loader)
+    if device == "gpu":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    if crops != len(records):
+        raise RuntimeError(f"{path}: {crops} of {len(records)} crops ({loader.stats.summary()})")
+    return seconds
+
+
+def runnable(path: str) -> str | None:
+    if path != "pyav" and not dali_available():
+        return "nvidia-dali is not installed"
+    if path == "dali-gpu" and not torch.cuda.is_available():
+        return "no CUDA device"
+    return None
+
+
+def measure(clip: Path, codec: str, path: str, frames: int, every: int, threads: int) -> dict:
+    tenth = frames // 10
+    early = span_records(clip, 0, tenth, every)
+    late = span_records(clip, frames - tenth, frames, every)
+    time_pass(early[:4], path, threads)  # warm-up: imports, pipeline construction
+    early_s, late_s = time_pass(early, path, threads), time_pass(late, path, threads)
+    return {
+        "path": path,
+        "codec": codec,
+        "video_frames": frames,
+        "boxes": len(early),
+        "early_crops_per_s": round(len(early) / early_s, 1),
+        "late_crops_per_s": round(len(late) / late_s, 1),
+        "late_over_early_time": round(late_s / early_s, 2),
+        "threads": threads,
+        "load_avg": round(os.getloadavg()[0], 2),
+    }
+
+
+def parse_list(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items or any(item not in allowed for item in items):
+        raise SystemExit(f"{flag}: expected a comma-separated subset of {', '.join(allowed)}, got {text!r}")
+    return items
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--codecs", default=",".join(CODECS))
+    parser.add_argument("--paths", default=",".join(PATHS))
+    parser.add_argument("--video-frames", type=int, default=3000, help="frames of each clip")
+    parser.add_argument("--box-every", type=int, default=5, help="a box on every n-th frame of each span")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--output", default="long_video", help="results CSV name or path")
+    args = parser.parse_args(argv)
+    codecs = parse_list(args.codecs, tuple(CODECS), "--codecs")
+    paths = parse_list(args.paths, PATHS, "--paths")
+    if args.video_frames < 100 or args.box_every < 1 or args.threads < 1:
+        raise SystemExit("--video-frames must be >= 100, --box-every and --threads >= 1")
+    rows = []
+    with tempfile.TemporaryDirectory() as temp:
+        for codec in codecs:
+            clip = write_clip(Path(temp) / f"clip_{codec}{CODECS[codec][1]}", codec, args.video_frames)
+            for path in paths:
+                reason = runnable(path) or (None if codec in PATH_CODECS[path] else "codec not on this path")
+                if reason:
+                    print(f"skip {path}/{codec}: {reason}")
+                    continue
+                rows.append(measure(clip, codec, path, args.video_frames, args.box_every, args.threads))
+                print(rows[-1], flush=True)
+    if not rows:
+        raise SystemExit("no case could run here")
+    print(f"rows appended to {append_rows(args.output, rows, provenance())}")
+
+
+if __name__ == "__main__":
+    main()
