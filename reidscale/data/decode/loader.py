@@ -16,10 +16,11 @@ from reidscale.data.video_probe import VideoInfo, VideoOpenError, probe_video
 
 BACKENDS: tuple[str, ...] = ("auto", "dali", "pyav")
 #: The codecs ``backend="auto"`` sends to DALI, per device: those where DALI was measured faster than PyAV.
-#: CPU: none. On long clips (benchmarks/bench_long_video.py, 3,000 frames) PyAV served MJPEG boxes 7 to 26×
-#: and VP9 boxes 2 to 19× faster than DALI's CPU decoder, which decodes from the start of the file for every
-#: sample, so its cost grows with the boxes' position (late boxes 3.4× (MJPEG) and 9.9× (VP9) slower than
-#: early ones; PyAV seeks to the keyframe: 0.85–1.1×). GPU: every codec NVDEC decodes (not yet measured).
+#: CPU: none. On 3,000-frame clips (benchmarks/bench_long_video.py, results/long_video.csv) PyAV served MJPEG
+#: boxes 5 to 25× and VP9 boxes 2 to 24× faster than DALI's CPU decoder, which decodes from the start of the
+#: file for every sample, so its cost grows with the boxes' position (boxes in the last tenth 4.8× (MJPEG)
+#: and 11× (VP9) slower than in the first; PyAV seeks to the keyframe: 0.94–1.06×). GPU: every codec NVDEC
+#: decodes (not yet measured).
 AUTO_DALI_CODECS: dict[str, frozenset[str]] = {"cpu": frozenset(), "gpu": DALI_GPU_CODECS}
 
 
