@@ -177,7 +177,10 @@ class _ProgressCounter:
         if now - self.last_log >= LOG_EVERY_S:
             self.last_log = now
             rate = self.done / max(now - self.started, 1e-9)
-            logger.info("crop cache: %d / %d records (%.0f/s)", self.done, self.total, rate)
+            left = (self.total - self.done) / rate if rate > 0 else float("nan")
+            logger.info(
+                "crop cache: %d / %d records (%.0f/s), about %.0f s left", self.done, self.total, rate, left
+            )
 
 
 def _decode_into(

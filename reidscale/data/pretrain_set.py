@@ -65,7 +65,8 @@ class PretrainDataConfig:
         0, "at most this many boxes per tracklet after the stride, spread evenly over it (0 = no cap)"
     )
     cache_dir: str | None = option(
-        None, "folder of the decoded-crop caches; null = <path>/.reidscale_cache (beside a file path)"
+        None,
+        "folder of the decoded-crop caches; null = <run.output_dir>/crop_caches (never the corpus folder)",
     )
     decode_backend: Literal["auto", "dali", "pyav"] = option(
         "auto", "video decoding: auto (PyAV on the CPU, DALI for NVDEC's codecs on a GPU), dali or pyav"
@@ -274,12 +275,14 @@ def pretrain_batch_sampler(
     )
 
 
-def resolve_cache_dir(config: PretrainDataConfig) -> Path:
-    """config.cache_dir, else ``<path>/.reidscale_cache`` (``<parent of path>/…`` when path is a file)."""
+def resolve_cache_dir(config: PretrainDataConfig, default: str | Path | None = None) -> Path:
+    """``config.cache_dir``, else ``default`` (a training run passes ``<run.output_dir>/crop_caches``):
+    never a folder inside the corpus, which may be read-only or shared. ValueError when neither is set."""
     if config.cache_dir is not None:
         return Path(config.cache_dir)
-    path = Path(config.path)
-    return (path if path.is_dir() else path.parent) / ".reidscale_cache"
+    if default is None:
+        raise ValueError("pretrain_data.cache_dir is null and no default folder was given: set it")
+    return Path(default)
 
 
 def resolve_decode_device(device: str | None) -> str:
@@ -297,11 +300,13 @@ def build_pretrain_set(
     rank: int | None = None,
     world_size: int | None = None,
     progress: CropProgressCallback | None = None,
+    cache_root: str | Path | None = None,
 ) -> tuple[PretrainImageSet, IdentitySampler]:
     """The pre-training images at ``image_size`` (height, width: the training input size,
     ``model.img_size``) and this rank's sampler.
 
-    From a manifest: read it, select the records, build or reuse the crop cache. From a shard set
+    From a manifest: read it, select the records, build or reuse the crop cache (in
+    ``pretrain_data.cache_dir``, else ``cache_root``). From a shard set
     (``source: shards``): open it, select its rows the same way, decode each JPEG when it is read.
     ``dataset.summary`` holds (and the log gets) one line of what was read, selected, skipped and cached;
     ``dataset.skipped`` the skip counts by stage and reason ("reader" and "decode", or "pack"),
@@ -309,7 +314,7 @@ def build_pretrain_set(
     if config.source == "shards":
         dataset = _shard_image_set(config, image_size)
     else:
-        dataset = _cached_image_set(config, image_size, progress)
+        dataset = _cached_image_set(config, image_size, progress, cache_root)
     sampler = pretrain_batch_sampler(dataset.num_images, batch_per_rank, seed, rank, world_size)
     dataset.summary += f"; {len(sampler)} batches of {batch_per_rank} per rank"
     logger.info(dataset.summary)
@@ -341,7 +346,10 @@ def _shard_image_set(config: PretrainDataConfig, image_size: tuple[int, int]) ->
 
 
 def _cached_image_set(
-    config: PretrainDataConfig, image_size: tuple[int, int], progress: CropProgressCallback | None
+    config: PretrainDataConfig,
+    image_size: tuple[int, int],
+    progress: CropProgressCallback | None,
+    cache_root: str | Path | None,
 ) -> PretrainImageSet:
     """The selected records of the manifest, decoded once into (or found in) a crop cache."""
     manifest = load_manifest(config.source, config.path, **config.manifest_options)
@@ -350,7 +358,7 @@ def _cached_image_set(
         raise ValueError(f"pretrain_data: the {config.source!r} manifest at {config.path!r} has no records")
     cache = build_crop_cache(
         records,
-        resolve_cache_dir(config),
+        resolve_cache_dir(config, cache_root),
         (image_size[0], image_size[1]),
         backend=config.decode_backend,
         device=resolve_decode_device(config.decode_device),

@@ -83,6 +83,7 @@ def indexed_images(config: Any, rank: int, world_size: int) -> TrainingData:
         config.run.seed,
         rank,
         world_size,
+        cache_root=Path(config.run.output_dir) / "crop_caches",
     )
 
     def init_batches(start: int, stop: int, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

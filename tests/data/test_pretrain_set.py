@@ -425,13 +425,17 @@ def test_the_readers_skips_are_named_beside_the_decoders(corpus: Path, tmp_path:
     ]
 
 
-def test_default_cache_dir_is_beside_the_data(corpus: Path, tmp_path: Path) -> None:
+def test_the_default_cache_dir_is_the_one_given_never_the_corpus(corpus: Path, tmp_path: Path) -> None:
     market = tmp_path / "market"
     shutil.copytree(corpus / "market" / "bounding_box_train", market / "bounding_box_train")
     config = PretrainDataConfig(source="market", path=str(market), frame_stride=1)
-    dataset, _ = build_pretrain_set(config, (16, 8), batch_per_rank=2, rank=0, world_size=1)
-    assert dataset.cache.folder.parent == market / ".reidscale_cache"
+    root = tmp_path / "runs" / "crop_caches"
+    dataset, _ = build_pretrain_set(config, (16, 8), batch_per_rank=2, rank=0, world_size=1, cache_root=root)
+    assert dataset.cache.folder.parent == root
+    assert sorted(path.name for path in market.iterdir()) == ["bounding_box_train"]  # nothing written there
     assert open_crop_cache(dataset.cache.folder).num_rows == dataset.num_images
+    with pytest.raises(ValueError, match=r"pretrain_data\.cache_dir is null and no default folder was given"):
+        build_pretrain_set(config, (16, 8), batch_per_rank=2, rank=0, world_size=1)
 
 
 # ---- from a shard set ------------------------------------------------------------------------------------
