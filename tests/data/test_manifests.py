@@ -331,6 +331,25 @@ def test_luperson_nl_relabels_tracklets_and_sorts_numerically(tmp_path: Path) ->
     ]
 
 
+def test_luperson_nl_country_city_video_tree(tmp_path: Path) -> None:
+    """The released tree nests videos under country and city folders: each folder holding images is a
+    video named by its path; the same video name in two cities is two videos."""
+    for name in ["cn/beijing/v1/2_1_0.jpg", "cn/beijing/v1/2_3_0.jpg", "cn/shanghai/v1/2_1_0.jpg",
+                 "us/boston/v7/0_4_1.jpg", "flat/1_1_0.jpg"]:  # fmt: skip
+        write_jpeg(tmp_path / name)
+    manifest = read_luperson_nl(tmp_path)
+    got = [(r.video, r.pid, r.tracklet, Path(r.source).name) for r in manifest.records]
+    assert got == [
+        ("cn/beijing/v1", 0, 0, "2_1_0.jpg"),
+        ("cn/beijing/v1", 0, 0, "2_3_0.jpg"),
+        ("cn/shanghai/v1", 1, 1, "2_1_0.jpg"),
+        ("flat", 2, 2, "1_1_0.jpg"),
+        ("us/boston/v7", 3, 3, "0_4_1.jpg"),
+    ]
+    (tmp_path / "cn/beijing/loop").symlink_to(tmp_path / "cn", target_is_directory=True)  # no endless walk
+    assert read_luperson_nl(tmp_path).records == manifest.records
+
+
 def test_luperson_nl_without_images_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "vid_a").mkdir()
     with pytest.raises(ManifestError, match=r"holds no images; expected layout"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..datasets import load_dataset, read_market_style_folder
@@ -19,21 +20,47 @@ from .common import CorpusRoot, IssuePolicy, ManifestError, absolute_path, dense
 
 LUPERSON_NAME = re.compile(r"^(\d+)_(\d+)_(\d+)\.[A-Za-z]+$")
 LUPERSON_TREE = layout_tree(
-    "<root>/", [("<video>/", "one folder per video, any name"), ("  <pid>_<frame>_<obj>.jpg", "integers")]
+    "<root>/",
+    [
+        ("<video>/ or <country>/<city>/<video>/", "a folder per video, at any depth, any names"),
+        ("  <pid>_<frame>_<obj>.jpg", "integers"),
+    ],
 )
 CION_LIST_KEYS: tuple[str, ...] = ("images", "data", "annotations", "items")
 CION_ENTRY_HELP = '{"file_path": "<path>", "id": <integer>[, "camera": <integer>, "video": "<name>"]}'
 
 
-def read_luperson_nl(root: str | os.PathLike, *, strict: bool = True) -> Manifest:
-    """LUPerson-NL ``<root>/<video>/<pid>_<frame>_<obj>.jpg`` → one record per image.
+def _image_folders(folder: Path) -> Iterator[tuple[str, list[str]]]:
+    """``(path under folder with "/" separators, sorted image files directly inside)`` for ``folder`` ("")
+    and every folder below it, depth first in name order. Hidden entries are skipped; a folder reached
+    twice (through a symlink) is visited once."""
+    seen: set[str] = set()
 
-    A tracklet is (video folder, pid); tracklets are numbered 0..n−1 in sorted (folder name, pid) order and
-    the number is both ``pid`` and ``tracklet``; ``video`` is the folder name, ``camera`` −1 (the layout has
-    none). Records are sorted by (video, pid, frame, obj). Sub-folders of a video folder, hidden and
-    non-image files are ignored; an image whose name does not parse ("bad_name"), that lies directly in
-    ``root`` ("misplaced_image") or that resolves outside ``root`` through a symlink ("path_outside") is an
-    error naming the file (strict) or skipped and counted.
+    def visit(path: str, relative: str) -> Iterator[tuple[str, list[str]]]:
+        real = os.path.realpath(path)
+        if real in seen:
+            return
+        seen.add(real)
+        with os.scandir(path) as scan:
+            entries = sorted((e for e in scan if not e.name.startswith(".")), key=lambda e: e.name)
+        yield relative, [e.path for e in entries if e.is_file() and is_image_name(e.name)]
+        for entry in entries:
+            if entry.is_dir():
+                yield from visit(entry.path, f"{relative}/{entry.name}" if relative else entry.name)
+
+    yield from visit(str(folder), "")
+
+
+def read_luperson_nl(root: str | os.PathLike, *, strict: bool = True) -> Manifest:
+    """LUPerson-NL ``<root>/.../<video>/<pid>_<frame>_<obj>.jpg`` → one record per image.
+
+    Every folder below ``root`` that directly holds images is one video, named by its path under the root
+    (``vid_a``, or ``cn/beijing/vid_a`` in the released country/city/video tree). A tracklet is (video, pid);
+    tracklets are numbered 0..n−1 in sorted (video, pid) order and the number is both ``pid`` and
+    ``tracklet``; ``camera`` is −1 (the layout has none). Records are sorted by (video, pid, frame, obj).
+    Hidden and non-image files are ignored; an image whose name does not parse ("bad_name"), that lies
+    directly in ``root`` ("misplaced_image") or that resolves outside ``root`` through a symlink
+    ("path_outside") is an error naming the file (strict) or skipped and counted.
     """
     folder = absolute_folder(root, "LUPerson-NL root", LUPERSON_TREE)
     manifest = Manifest(name=f"luperson_nl:{folder}", records=[])
@@ -41,21 +68,15 @@ def read_luperson_nl(root: str | os.PathLike, *, strict: bool = True) -> Manifes
     corpus = CorpusRoot(folder)
     parsed: list[tuple[str, int, int, int, str]] = []
     num_images = 0
-    with os.scandir(folder) as entries:
-        top_entries = sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
-    for entry in top_entries:
-        if entry.is_file() and is_image_name(entry.name):
-            num_images += 1
-            message = f"{entry.path}: image outside a video folder; expected layout:\n{LUPERSON_TREE}"
-            policy.corrupt("misplaced_image", message, file=entry.path)
-        elif entry.is_dir():
-            with os.scandir(entry.path) as images:
-                image_paths = sorted(i.path for i in images if i.is_file() and is_image_name(i.name))
-            num_images += len(image_paths)
-            inside = [
-                path for path in image_paths if inside_corpus(corpus, path, policy, str(folder)) is not None
-            ]
-            parsed.extend(_parse_luperson_names(entry.name, inside, policy))
+    for video, image_paths in _image_folders(folder):
+        num_images += len(image_paths)
+        if not video:
+            for path in image_paths:
+                message = f"{path}: image outside a video folder; expected layout:\n{LUPERSON_TREE}"
+                policy.corrupt("misplaced_image", message, file=path)
+            continue
+        inside = [p for p in image_paths if inside_corpus(corpus, p, policy, str(folder)) is not None]
+        parsed.extend(_parse_luperson_names(video, inside, policy))
     if num_images == 0:
         raise ManifestError(f"{folder} holds no images; expected layout:\n{LUPERSON_TREE}")
     labels = dense_labels((video, pid) for video, pid, *_ in parsed)
