@@ -41,6 +41,30 @@ def test_video_boxes_are_decoded_once_and_stored_as_jpeg(tiny_corpus: Path, tmp_
     assert report.bytes_per_crop == pytest.approx(sum(e.tar_bytes for e in shards.info.shards) / 150)
 
 
+def test_a_video_spanning_many_shards_is_probed_once(
+    tiny_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reidscale.data.decode import loader as loader_module
+    from reidscale.data.decode import video_index
+
+    probed: list[str] = []
+    real_probe = video_index.probe_video
+
+    def counted(path: str, **options: object) -> object:
+        probed.append(path)
+        return real_probe(path, **options)
+
+    for module in (loader_module, video_index):  # the router's probe and the decoders' plan
+        monkeypatch.setattr(module, "probe_video", counted)
+    manifest = load_manifest("video_tracklets", tiny_corpus)
+    manifest.records = manifest.records[:200]
+    videos = {record.source for record in manifest.records}
+    settings = PackSettings(size=SIZE, records_per_shard=20, decode_backend="auto")
+    report = pack_manifest(manifest, tmp_path / "set", {"kind": "video_tracklets"}, settings, **QUIET)
+    assert report.shards_written == 10 and report.crops == 200
+    assert sorted(probed) == sorted(videos)  # once each, although each video spans several shards
+
+
 def write_luperson_tree(root: Path) -> dict[str, bytes]:
     """A LUPerson-NL folder of JPEGs (video/pid_frame_obj.jpg) with one file that is not an image; returns
     the file bytes by name."""

@@ -17,6 +17,7 @@ from reidscale.data.decode.geometry import clip_box
 from reidscale.data.decode.loader import build_crop_loader
 from reidscale.data.decode.stats import BOX_OUTSIDE_FRAME, DecodeStats
 from reidscale.data.records import CropRecord
+from reidscale.data.video_probe import VideoInfo
 
 UNREADABLE_IMAGE = "unreadable_image"  # skip reason: PIL cannot open or decode the image file
 DECODE_BATCH = 64
@@ -50,10 +51,13 @@ def decode_crops(
     backend: str = "auto",
     device: str = "cpu",
     num_threads: int = 1,
+    video_cache: dict[str, VideoInfo] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(positions int64 [B], crops uint8 [B, H, W, 3])``: the crops of ``records`` that decode, each
     at its position in ``records`` (video records first, in the loader's order, then image records in
-    order). ``stats`` receives the counts and the skipped records once the generator is exhausted."""
+    order). ``stats`` receives the counts and the skipped records once the generator is exhausted.
+    ``video_cache``: path → probed ``VideoInfo``, shared by calls that read the same videos in pieces (each
+    video is then probed once)."""
     video_positions = [i for i, record in enumerate(records) if record.is_video]
     image_positions = [i for i, record in enumerate(records) if not record.is_video]
     if video_positions:
@@ -65,6 +69,8 @@ def decode_crops(
             device,
             num_threads=num_threads,
         )
+        if video_cache is not None:
+            loader.video_cache = video_cache
         positions = np.asarray(video_positions, dtype=np.int64)
         for indices, batch in loader:
             yield positions[indices.numpy()], batch.cpu().numpy()

@@ -31,6 +31,7 @@ from reidscale.data.decode.stats import DecodeStats
 from reidscale.data.records import WHOLE_IMAGE, CropRecord, Manifest, SkippedRecord
 from reidscale.data.shards.layout import ShardError
 from reidscale.data.shards.writer import PackedCrop, ShardSetWriter
+from reidscale.data.video_probe import VideoInfo
 
 JPEG_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg")
 DEFAULT_SIZE: tuple[int, int] = (256, 128)
@@ -141,9 +142,13 @@ class PackReport:
 
 
 def _shard_crops(
-    records: Sequence[CropRecord], positions: Sequence[int], settings: PackSettings
+    records: Sequence[CropRecord],
+    positions: Sequence[int],
+    settings: PackSettings,
+    video_cache: dict[str, VideoInfo],
 ) -> tuple[list[PackedCrop], list[SkippedRecord]]:
-    """The stored crops of one shard's records (by position) and the records left out."""
+    """The stored crops of one shard's records (by position) and the records left out (``video_cache``:
+    the videos probed so far, shared by the shards)."""
     crops, skipped = [], []
     copied = [i for i, record in enumerate(records) if is_copied(record)]
     for i in copied:
@@ -157,7 +162,13 @@ def _shard_crops(
     stats = DecodeStats()
     subset = [records[i] for i in decoded]
     for rows, batch in decode_crops(
-        subset, settings.size, stats, settings.decode_backend, settings.decode_device, settings.num_threads
+        subset,
+        settings.size,
+        stats,
+        settings.decode_backend,
+        settings.decode_device,
+        settings.num_threads,
+        video_cache,
     ):
         for row, pixels in zip(rows.tolist(), batch, strict=True):
             i = decoded[row]
@@ -202,9 +213,12 @@ def pack_manifest(
         for reason, count in entry.skipped.items():
             report.skipped[reason] = report.skipped.get(reason, 0) + count
     pending, written = writer.pending(), 0
+    video_cache: dict[str, VideoInfo] = {}  # a video spanning shards is probed once
     for done, index in enumerate(pending, start=1):
         positions = list(writer.info.shard_range(index))
-        crops, skipped = _shard_crops([manifest.records[p] for p in positions], positions, settings)
+        crops, skipped = _shard_crops(
+            [manifest.records[p] for p in positions], positions, settings, video_cache
+        )
         if skipped and settings.strict:
             first = skipped[0]
             raise ShardError(
