@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: `benchmarks` imports
-from benchmarks.common import append_rows, provenance
-from reidscale.data.decode.loader import build_crop_loader, dali_available
+from benchmarks.common import append_rows, choice_list, decode_path_problem, provenance
+from reidscale.data.decode.loader import build_crop_loader
 from reidscale.data.decode.multicrop_loader import build_view_loader
 from reidscale.data.manifests import load_manifest
 from reidscale.data.records import CropRecord
@@ -49,15 +49,6 @@ PATH_CODECS = {"dali-cpu": ("mjpeg", "vp9"), "pyav": CODECS, "dali-gpu": CODECS}
 SOURCE_SIZE = (256, 128)
 BATCH_SIZE = 64
 WARMUP_RECORDS = 32
-
-
-def parse_list(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
-    """Comma-separated choices of ``flag``; SystemExit naming the flag and the choices otherwise."""
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    unknown = [item for item in items if item not in allowed]
-    if unknown or not items:
-        raise SystemExit(f"{flag}: expected a comma-separated subset of {', '.join(allowed)}, got {text!r}")
-    return items
 
 
 def corpus_records(workdir: Path, codec: str, frames: int) -> list[CropRecord]:
@@ -111,15 +102,6 @@ def measure(records: list[CropRecord], path: str, codec: str, views: str, thread
     }
 
 
-def runnable(path: str) -> str | None:
-    """Why ``path`` cannot run here, or None."""
-    if path != "pyav" and not dali_available():
-        return "nvidia-dali is not installed"
-    if path == "dali-gpu" and not torch.cuda.is_available():
-        return "no CUDA device"
-    return None
-
-
 TABLE_COLUMNS = ("path", "codec", "views", "records", "frames_per_s", "crops_per_s", "source_crops_per_s")
 
 
@@ -140,9 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", default=None, help="where corpora are built (default: a temp dir)")
     parser.add_argument("--output", default="data", help="results CSV name or path")
     args = parser.parse_args(argv)
-    codecs = parse_list(args.codecs, CODECS, "--codecs")
-    paths = parse_list(args.paths, PATHS, "--paths")
-    views = parse_list(args.views, VIEWS, "--views")
+    codecs = choice_list(parser, "--codecs", args.codecs, CODECS)
+    paths = choice_list(parser, "--paths", args.paths, PATHS)
+    views = choice_list(parser, "--views", args.views, VIEWS)
     if args.frames < 2 or args.threads < 1 or args.records < 0:
         raise SystemExit(
             f"--frames must be >= 2, --threads >= 1, --records >= 0; got {args.frames}, {args.threads}, "
@@ -156,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
             records = corpus_records(workdir, codec, args.frames)
             records = records[: args.records] if args.records else records
             for path in paths:
-                reason = runnable(path)
+                reason = decode_path_problem(path)
                 if codec not in PATH_CODECS[path] or reason:
                     print(f"skip {path}/{codec}: {reason or 'codec not decodable on this path'}")
                     continue

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: `benchmarks` imports
-from benchmarks.common import append_rows, provenance
-from reidscale.data.decode.loader import build_crop_loader, dali_available
+from benchmarks.common import append_rows, choice_list, decode_path_problem, provenance
+from reidscale.data.decode.loader import build_crop_loader
 from reidscale.data.records import CropRecord
 
 CODECS = {"mjpeg": ("mjpeg", ".avi", "yuvj420p"), "vp9": ("libvpx-vp9", ".webm", "yuv420p"),
@@ -85,14 +85,6 @@ def time_pass(records: list[CropRecord], path: str, threads: int) -> float:
     return seconds
 
 
-def runnable(path: str) -> str | None:
-    if path != "pyav" and not dali_available():
-        return "nvidia-dali is not installed"
-    if path == "dali-gpu" and not torch.cuda.is_available():
-        return "no CUDA device"
-    return None
-
-
 def measure(clip: Path, codec: str, path: str, frames: int, every: int, threads: int) -> dict:
     tenth = frames // 10
     early = span_records(clip, 0, tenth, every)
@@ -112,13 +104,6 @@ def measure(clip: Path, codec: str, path: str, frames: int, every: int, threads:
     }
 
 
-def parse_list(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if not items or any(item not in allowed for item in items):
-        raise SystemExit(f"{flag}: expected a comma-separated subset of {', '.join(allowed)}, got {text!r}")
-    return items
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--codecs", default=",".join(CODECS))
@@ -128,8 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--output", default="long_video", help="results CSV name or path")
     args = parser.parse_args(argv)
-    codecs = parse_list(args.codecs, tuple(CODECS), "--codecs")
-    paths = parse_list(args.paths, PATHS, "--paths")
+    codecs = choice_list(parser, "--codecs", args.codecs, tuple(CODECS))
+    paths = choice_list(parser, "--paths", args.paths, PATHS)
     if args.video_frames < 100 or args.box_every < 1 or args.threads < 1:
         raise SystemExit("--video-frames must be >= 100, --box-every and --threads >= 1")
     rows = []
@@ -137,7 +122,9 @@ def main(argv: list[str] | None = None) -> None:
         for codec in codecs:
             clip = write_clip(Path(temp) / f"clip_{codec}{CODECS[codec][1]}", codec, args.video_frames)
             for path in paths:
-                reason = runnable(path) or (None if codec in PATH_CODECS[path] else "codec not on this path")
+                reason = decode_path_problem(path) or (
+                    None if codec in PATH_CODECS[path] else "codec not on this path"
+                )
                 if reason:
                     print(f"skip {path}/{codec}: {reason}")
                     continue

@@ -100,6 +100,19 @@ def choice_list(parser: argparse.ArgumentParser, flag: str, text: str, choices: 
     return names
 
 
+def decode_path_problem(path: str) -> str | None:
+    """Why the decoding path ``path`` (``pyav``, ``dali-cpu`` or ``dali-gpu``) cannot run here, or None."""
+    import torch
+
+    from reidscale.data.decode.loader import dali_available
+
+    if path != "pyav" and not dali_available():
+        return "nvidia-dali is not installed"
+    if path == "dali-gpu" and not torch.cuda.is_available():
+        return "no CUDA device"
+    return None
+
+
 CUDA_EVENTS = "cuda events per call"
 PERF_COUNTER = "perf_counter per call"
 
