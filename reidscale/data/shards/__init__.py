@@ -2,6 +2,7 @@
 
 from reidscale.data.shards.layout import ShardEntry, ShardError, ShardSetInfo, read_dali_index
 from reidscale.data.shards.reader import CropShards, ShardCrops, decode_jpeg
+from reidscale.data.shards.stream import ShardViewLoader, ShardViewSet
 from reidscale.data.shards.writer import PackedCrop, ShardSetWriter
 
 __all__ = [
@@ -12,6 +13,8 @@ __all__ = [
     "ShardError",
     "ShardSetInfo",
     "ShardSetWriter",
+    "ShardViewLoader",
+    "ShardViewSet",
     "decode_jpeg",
     "read_dali_index",
 ]

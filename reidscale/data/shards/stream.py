@@ -1,0 +1,125 @@
+"""Identity batches of multi-crop views streamed from a crop shard set (the CPU path).
+
+    IdentitySampler (N identities × K rows per batch, this rank's share, K on its schedule)
+      ──► ShardViewSet: JPEG read at its indexed offset, decoded with PIL, the spec's views drawn by
+          ``TorchMultiCrop`` (in DataLoader workers, ``prefetch`` batches ahead per worker)
+      ──► collate_views: {"rows" [B], "pid" [B], "camid" [B], "views" list[float32 [B, 3, h, w]], "skipped"}
+
+Every row's views are drawn from a generator seeded by (seed, epoch, row), so a batch is the same whatever
+the number of workers, and a run resumed from the sampler's ``state_dict`` sees exactly the views it would
+have seen. A row whose JPEG cannot be read or decoded is left out of its batch and named in the batch's
+``skipped`` list (``ShardViewLoader.skipped`` counts them over the run): a long job never stops on one bad
+crop, and a batch can then hold fewer than N × K images.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from reidscale.data.sampler import IdentitySampler
+from reidscale.data.shards.layout import ShardError, record_key
+from reidscale.data.shards.reader import CropShards, decode_jpeg
+from reidscale.data.views.spec import MultiCropSpec
+from reidscale.data.views.torch_views import TorchMultiCrop
+
+UNREADABLE_CROP = "unreadable_crop"  # skip reason: the crop's bytes cannot be read from its shard or decoded
+
+
+def view_seed(seed: int, epoch: int, row: int) -> int:
+    """The seed of row ``row``'s views in ``epoch``: one 63-bit number from (seed, epoch, row)."""
+    state = np.random.SeedSequence([seed, epoch, row]).generate_state(1, dtype=np.uint64)[0]
+    return int(state >> np.uint64(1))
+
+
+class ShardViewSet(Dataset):
+    """Item ``row`` of a shard set: ``{"row", "pid", "camid", "views": list[float32 [3, h, w]] | None,
+    "problem": str | None}`` (views None and the problem named when the crop cannot be read)."""
+
+    def __init__(self, shards: CropShards, spec: MultiCropSpec, seed: int = 0) -> None:
+        self.shards, self.spec, self.seed, self.epoch = shards, spec, int(seed), 0
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __getitem__(self, row: int) -> dict[str, Any]:
+        table = self.shards.table
+        item = {"row": int(row), "pid": int(table["pid"][row]), "camid": int(table["camera"][row])}
+        shard = self.shards.info.shards[self.shards.locate(row)[0]].name
+        where = f"{self.shards.folder / shard}.tar: record {record_key(int(table['record'][row]))}"
+        try:
+            pixels = decode_jpeg(self.shards.jpeg(row), where)
+        except ShardError as err:
+            return {**item, "views": None, "problem": str(err)}
+        views = TorchMultiCrop(self.spec, seed=view_seed(self.seed, self.epoch, row), layout="HWC")
+        return {**item, "views": views(torch.from_numpy(pixels)), "problem": None}
+
+
+def collate_views(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One batch from ``ShardViewSet`` items: the readable ones stacked, the others listed in ``skipped``."""
+    kept = [item for item in items if item["views"] is not None]
+    batch: dict[str, Any] = {
+        "rows": torch.tensor([item["row"] for item in kept], dtype=torch.int64),
+        "pid": torch.tensor([item["pid"] for item in kept], dtype=torch.int64),
+        "camid": torch.tensor([item["camid"] for item in kept], dtype=torch.int64),
+        "views": [torch.stack(views) for views in zip(*(item["views"] for item in kept), strict=True)],
+        "skipped": [(item["row"], item["problem"]) for item in items if item["views"] is None],
+    }
+    return batch
+
+
+class ShardViewLoader:
+    """Iterates this rank's identity batches of views for one epoch (``set_epoch`` first), counting skipped
+    rows in ``skipped`` (reason → count) and naming them in ``skipped_rows``.
+
+    num_workers: DataLoader worker processes decoding and drawing views; prefetch: batches each worker
+    prepares ahead (DataLoader's ``prefetch_factor``; ignored without workers).
+    """
+
+    def __init__(
+        self,
+        shards: CropShards,
+        sampler: IdentitySampler,
+        spec: MultiCropSpec,
+        seed: int = 0,
+        num_workers: int = 0,
+        prefetch: int = 2,
+    ) -> None:
+        if num_workers < 0 or prefetch < 1:
+            raise ValueError(f"num_workers must be >= 0 and prefetch >= 1, got {num_workers}, {prefetch}")
+        if len(sampler.pids) != len(shards):
+            raise ValueError(f"the sampler knows {len(sampler.pids)} rows, the shard set has {len(shards)}")
+        self.dataset = ShardViewSet(shards, spec, seed)
+        self.sampler = sampler
+        self.num_workers, self.prefetch = int(num_workers), int(prefetch)
+        self.skipped: Counter[str] = Counter()
+        self.skipped_rows: list[tuple[int, str]] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+        self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=self.sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate_views,
+            prefetch_factor=self.prefetch if self.num_workers else None,
+        )
+        for batch in loader:
+            for row, problem in batch["skipped"]:
+                self.skipped[UNREADABLE_CROP] += 1
+                self.skipped_rows.append((row, problem))
+            yield batch
