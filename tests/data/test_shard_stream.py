@@ -16,7 +16,7 @@ from reidscale.data.records import CropRecord
 from reidscale.data.sampler import IdentitySampler
 from reidscale.data.shards import CropShards, PackedCrop, ShardSetWriter, read_dali_index
 from reidscale.data.shards.stream import UNREADABLE_CROP, ShardViewLoader, view_seed
-from reidscale.data.views.spec import cion_multicrop
+from reidscale.data.views.spec import cion_multicrop, flip_only
 from reidscale.data.views.torch_views import TorchMultiCrop
 
 IDENTITIES, PER_IDENTITY = 12, 6
@@ -134,3 +134,124 @@ def test_a_sampler_of_another_set_is_refused(shards: CropShards) -> None:
     other = IdentitySampler(np.arange(10), 2, 1, rank=0, world_size=1)
     with pytest.raises(ValueError, match="the sampler knows 10 rows, the shard set has 72"):
         ShardViewLoader(shards, other, SPEC)
+
+
+# --- the DALI loader: the same batches, JPEGs decoded and views drawn by DALI ---------------------------
+
+
+def dali_loader(shards: CropShards, spec=SPEC, device: str = "cpu", **kwargs):
+    pytest.importorskip("nvidia.dali")
+    from reidscale.data.shards.dali_stream import DaliShardViewLoader
+
+    sampler = kwargs.pop("sampler", None) or sampler_of(shards)
+    return DaliShardViewLoader(shards, sampler, spec, seed=3, device=device, num_threads=1, **kwargs)
+
+
+def damage(shards: CropShards, shard: int, position: int, replace) -> None:
+    """Rewrite the JPEG of row (shard, position) in its tar with ``replace(jpeg bytes)`` (same length)."""
+    tar = shards.folder / f"shard-{shard:06d}.tar"
+    member = read_dali_index(shards.folder / f"shard-{shard:06d}.idx")[position][0]
+    raw = bytearray(tar.read_bytes())
+    jpeg = bytes(raw[member.offset : member.offset + member.size])
+    raw[member.offset : member.offset + member.size] = replace(jpeg)
+    tar.write_bytes(bytes(raw))
+
+
+def test_dali_batches_are_the_samplers_rows_with_the_specs_views(shards: CropShards) -> None:
+    batches = epoch_batches(dali_loader(shards))
+    plan = sampler_of(shards)
+    plan.set_epoch(0)
+    assert [batch["rows"].tolist() for batch in batches] == list(plan)
+    for batch in batches:
+        assert batch["pid"].tolist() == shards.table["pid"][batch["rows"].numpy()].tolist()
+        assert batch["camid"].tolist() == [row % 3 for row in batch["rows"].tolist()]
+        assert [tuple(view.shape) for view in batch["views"]] == [(8, 3, 32, 16)] * 2 + [(8, 3, 16, 8)] * 2
+        assert all(view.dtype == torch.float32 and view.device.type == "cpu" for view in batch["views"])
+        assert batch["skipped"] == []
+
+
+def test_dali_decodes_the_jpegs_as_pil_does(shards: CropShards) -> None:
+    """With views that only normalise (whole crop at its stored size, no flip), a view is the decoded JPEG:
+    DALI's decoder within 2 grey levels of PIL's (both libjpeg-turbo; IDCT / upsampling may differ)."""
+    same = flip_only((40, 20), flip_p=0.0)
+    batch = epoch_batches(dali_loader(shards, same))[0]
+    mean = torch.tensor(same.mean).view(3, 1, 1)
+    std = torch.tensor(same.std).view(3, 1, 1)
+    for row, view in zip(batch["rows"].tolist(), batch["views"][0], strict=True):
+        pixels = torch.from_numpy(shards.image(row)).permute(2, 0, 1).float() / 255
+        assert (view * std + mean - pixels).abs().max().item() <= 2 / 255 + 1e-6
+
+
+def test_dali_views_repeat_with_the_seed_and_change_with_the_epoch(shards: CropShards) -> None:
+    once, twice = epoch_batches(dali_loader(shards)), epoch_batches(dali_loader(shards))
+    for mine, theirs in zip(once, twice, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(mine["views"], theirs["views"], strict=True))
+    later = epoch_batches(dali_loader(shards), epoch=1)
+    assert not torch.equal(once[0]["views"][0], later[0]["views"][0])
+
+
+def test_dali_resumes_the_stream_position_and_shares_ranks(shards: CropShards) -> None:
+    straight = [batch["rows"].tolist() for batch in epoch_batches(dali_loader(shards))]
+    first = dali_loader(shards)
+    first.set_epoch(0)
+    stream = iter(first)
+    consumed = [next(stream)["rows"].tolist() for _ in range(3)]
+    resumed_sampler = sampler_of(shards)
+    resumed_sampler.load_state_dict(
+        {**first.sampler.state_dict(), "position": 3}  # the trainer's count: DALI has read ahead
+    )
+    rest = [batch["rows"].tolist() for batch in dali_loader(shards, sampler=resumed_sampler)]
+    assert consumed + rest == straight
+    per_rank = [epoch_batches(dali_loader(shards, sampler=sampler_of(shards, r, 2))) for r in (0, 1)]
+    assert len(per_rank[0]) == len(per_rank[1]) == 72 // 16
+    for ours, theirs in zip(*per_rank, strict=True):
+        assert not set(ours["rows"].tolist()) & set(theirs["rows"].tolist())
+
+
+def test_dali_leaves_out_a_crop_that_is_not_a_jpeg_and_names_it(shards: CropShards) -> None:
+    damage(shards, 1, 5, lambda jpeg: b"\0" * 32 + jpeg[32:])  # row 25
+    loader = dali_loader(shards)
+    batches = epoch_batches(loader)
+    damaged = [batch for batch in batches if batch["skipped"]]
+    assert len(damaged) == 1 and damaged[0]["skipped"][0][0] == 25
+    assert len(damaged[0]["rows"]) == 7 and all(view.shape[0] == 7 for view in damaged[0]["views"])
+    assert loader.skipped == {UNREADABLE_CROP: 1}
+    assert (
+        "shard-000001.tar: record 0000000025: the image does not start with a JPEG"
+        in loader.skipped_rows[0][1]
+    )
+    assert sum(len(batch["rows"]) for batch in batches) == 72 - 1
+
+
+def test_dali_failing_on_a_batch_finds_the_bad_jpeg_and_goes_on(shards: CropShards) -> None:
+    """Markers intact, the inside garbage: only a decoder notices; the batch is sifted with PIL, the bad
+    row left out, the other seven decoded again, and every later batch still comes."""
+    damage(
+        shards,
+        0,
+        3,
+        lambda jpeg: jpeg[:2] + b"\xff\x01" * ((len(jpeg) - 4) // 2) + jpeg[-2 - len(jpeg) % 2 :],
+    )
+    loader = dali_loader(shards)
+    batches = epoch_batches(loader)
+    plan = sampler_of(shards)
+    plan.set_epoch(0)
+    expected = [[row for row in rows if row != 3] for rows in plan]
+    assert [batch["rows"].tolist() for batch in batches] == expected
+    assert loader.skipped == {UNREADABLE_CROP: 1} and loader.skipped_rows[0][0] == 3
+    assert "record 0000000003: the image does not decode" in loader.skipped_rows[0][1]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_dali_gpu_stream_lands_in_cuda_tensors_with_the_cpu_streams_rows(shards: CropShards) -> None:
+    gpu = epoch_batches(dali_loader(shards, device="gpu"))
+    cpu = epoch_batches(dali_loader(shards))
+    assert [b["rows"].tolist() for b in gpu] == [b["rows"].tolist() for b in cpu]
+    assert all(view.is_cuda for batch in gpu for view in batch["views"])
+    same = flip_only((40, 20), flip_p=0.0)
+    on_gpu, on_cpu = (
+        epoch_batches(dali_loader(shards, same, "gpu"))[0],
+        epoch_batches(dali_loader(shards, same))[0],
+    )
+    assert (on_gpu["views"][0].cpu() - on_cpu["views"][0]).abs().max().item() < 0.05  # nvJPEG vs libjpeg

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from reidscale.data.decode.dali_torch import dali_to_torch
 from reidscale.data.decode.geometry import crop_to_output_affine
 from reidscale.data.decode.stats import DALI_BATCH_ERROR, UNSUPPORTED_CODEC, DecodeStats
 from reidscale.data.decode.video_index import VideoPlan, plan_video_crops
@@ -152,15 +153,7 @@ def dali_video_crop_pipeline(
 
 def _to_torch(crops, indices, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Flatten a pipeline batch to (record indices int64 [n], crops uint8 [n, H, W, 3]), padding dropped."""
-    from nvidia.dali.plugin.pytorch import feed_ndarray
-
-    dense = crops.as_tensor()
-    target_device = (
-        torch.device("cuda", torch.cuda.current_device()) if device == "gpu" else torch.device("cpu")
-    )
-    out = torch.empty(dense.shape(), dtype=torch.uint8, device=target_device)
-    stream = torch.cuda.current_stream(target_device) if device == "gpu" else None
-    feed_ndarray(dense, out, cuda_stream=stream)
+    out = dali_to_torch(crops, torch.uint8, device)
     record_indices = torch.from_numpy(np.array(indices.as_tensor())).reshape(-1)
     keep = record_indices >= 0
     flat = out.reshape(-1, *out.shape[2:])

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from reidscale.data.decode.dali_pipeline import DALI_GPU_CODECS, crop_records_dali, dali_codecs
+from reidscale.data.decode.dali_torch import torch_device
 from reidscale.data.decode.pyav_reader import crop_records_pyav
 from reidscale.data.decode.stats import DecodeStats
 from reidscale.data.records import CropRecord
@@ -115,9 +116,7 @@ class CropLoader:
                 self.stats.remap_records(first_skip, to_pyav)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        target = (
-            torch.device("cuda", torch.cuda.current_device()) if self.device == "gpu" else torch.device("cpu")
-        )
+        target = torch_device(self.device)
         held_indices: list[torch.Tensor] = []
         held_crops: list[torch.Tensor] = []
         held = 0

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from reidscale.data.decode.dali_torch import dali_to_torch, torch_device
 from reidscale.data.decode.loader import BACKENDS, CropLoader, build_crop_loader, dali_available
 from reidscale.data.decode.stats import DecodeStats
 from reidscale.data.records import CropRecord
@@ -28,10 +29,6 @@ from reidscale.data.views.spec import MultiCropSpec, multicrop_spec
 from reidscale.data.views.torch_views import TorchMultiCrop
 
 VIEW_BACKENDS: tuple[str, ...] = ("auto", "dali", "torch")
-
-
-def _torch_device(device: str) -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if device == "gpu" else torch.device("cpu")
 
 
 class DaliViewRunner:
@@ -70,26 +67,18 @@ class DaliViewRunner:
         self.pipe.build()
 
     def __call__(self, crops: torch.Tensor) -> list[torch.Tensor]:
-        from nvidia.dali.plugin.pytorch import feed_ndarray
-
         if crops.dtype != torch.uint8 or crops.ndim != 4 or crops.shape[-1] != 3:
             raise ValueError(f"crops: expected uint8 [B, H, W, 3], got {crops.dtype} {list(crops.shape)}")
         if not 1 <= len(crops) <= self.max_batch_size:
             raise ValueError(f"crops: batch of {len(crops)}, expected 1..{self.max_batch_size}")
-        target = _torch_device(self.device)
-        stream = torch.cuda.current_stream(target) if self.device == "gpu" else None
         if self.device == "gpu":
+            target = torch_device(self.device)
             batch = crops.to(target).contiguous()
-            self.pipe.feed_input("crops", batch, layout="HWC", cuda_stream=stream.cuda_stream)
+            stream = torch.cuda.current_stream(target).cuda_stream
+            self.pipe.feed_input("crops", batch, layout="HWC", cuda_stream=stream)
         else:
             self.pipe.feed_input("crops", crops.cpu().contiguous().numpy(), layout="HWC")
-        views = []
-        for view in self.pipe.run():
-            dense = view.as_tensor()
-            out = torch.empty(dense.shape(), dtype=torch.float32, device=target)
-            feed_ndarray(dense, out, cuda_stream=stream)
-            views.append(out)
-        return views
+        return [dali_to_torch(view, torch.float32, self.device) for view in self.pipe.run()]
 
 
 class ViewLoader:
@@ -122,7 +111,7 @@ class ViewLoader:
 
     def _torch_batch(self, crops: torch.Tensor) -> list[torch.Tensor]:
         views = self._torch_views.batch(list(crops.cpu()))
-        target = _torch_device(self.device)
+        target = torch_device(self.device)
         return [view.to(target, non_blocking=True) for view in views]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:

@@ -1,5 +1,6 @@
 """Crop shards: person crops packed as WebDataset tar shards with DALI indices and record tables."""
 
+from reidscale.data.shards.dali_stream import DaliShardViewLoader
 from reidscale.data.shards.layout import ShardEntry, ShardError, ShardSetInfo, read_dali_index
 from reidscale.data.shards.reader import CropShards, ShardCrops, decode_jpeg
 from reidscale.data.shards.stream import ShardViewLoader, ShardViewSet
@@ -7,6 +8,7 @@ from reidscale.data.shards.writer import PackedCrop, ShardSetWriter
 
 __all__ = [
     "CropShards",
+    "DaliShardViewLoader",
     "PackedCrop",
     "ShardCrops",
     "ShardEntry",

@@ -144,14 +144,18 @@ class CropShards:
                 raise ShardError(f"{path}: cannot open the shard ({err})") from err
         return self._files[shard]
 
+    def where(self, row: int) -> str:
+        """``row`` named for messages: "<folder>/<shard>.tar: record <key>"."""
+        shard = self.info.shards[self.locate(row)[0]].name
+        return f"{self.folder / shard}.tar: record {record_key(int(self.table['record'][row]))}"
+
     def jpeg(self, row: int) -> bytes:
         """The stored JPEG bytes of ``row``; ShardError naming the shard and the record when they cannot be
         read as the index says (the tar header at the indexed offset must name the crop's member)."""
         shard, local = self.locate(row)
-        tar = self._path(shard, ".tar")
         key = record_key(int(self.table["record"][row]))
         member = next((m for m in self._samples(shard)[local] if m.extension == IMAGE_EXTENSION), None)
-        where = f"{tar}: record {key}"
+        where = self.where(row)
         if member is None or member.name != f"{key}.{IMAGE_EXTENSION}":
             raise ShardError(f"{where}: the index lists {member.name if member else 'no image'} for it")
         descriptor = self._descriptor(shard)
@@ -172,10 +176,7 @@ class CropShards:
     def image(self, row: int) -> np.ndarray:
         """``row``'s crop decoded with PIL: uint8 [H, W, 3] RGB; ShardError naming it when it does not
         decode."""
-        return decode_jpeg(
-            self.jpeg(row),
-            f"{self._path(self.locate(row)[0], '.tar')}: record {record_key(int(self.table['record'][row]))}",
-        )
+        return decode_jpeg(self.jpeg(row), self.where(row))
 
     def skipped(self) -> list[SkippedRecord]:
         """The records left out when the set was packed, shard by shard."""
@@ -228,8 +229,4 @@ class ShardCrops:
         """uint8 [height, width, 3] of item ``index`` (ShardError naming the shard and record when its JPEG
         cannot be read or decoded)."""
         row = int(self.selected[index])
-        shard = self.shards.info.shards[self.shards.locate(row)[0]].name
-        where = (
-            f"{self.shards.folder / shard}.tar: record {record_key(int(self.shards.table['record'][row]))}"
-        )
-        return decode_jpeg(self.shards.jpeg(row), where, (self.height, self.width))
+        return decode_jpeg(self.shards.jpeg(row), self.shards.where(row), (self.height, self.width))

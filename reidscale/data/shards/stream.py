@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from reidscale.data.sampler import IdentitySampler
-from reidscale.data.shards.layout import ShardError, record_key
+from reidscale.data.shards.layout import ShardError
 from reidscale.data.shards.reader import CropShards, decode_jpeg
 from reidscale.data.views.spec import MultiCropSpec
 from reidscale.data.views.torch_views import TorchMultiCrop
@@ -53,10 +53,8 @@ class ShardViewSet(Dataset):
     def __getitem__(self, row: int) -> dict[str, Any]:
         table = self.shards.table
         item = {"row": int(row), "pid": int(table["pid"][row]), "camid": int(table["camera"][row])}
-        shard = self.shards.info.shards[self.shards.locate(row)[0]].name
-        where = f"{self.shards.folder / shard}.tar: record {record_key(int(table['record'][row]))}"
         try:
-            pixels = decode_jpeg(self.shards.jpeg(row), where)
+            pixels = decode_jpeg(self.shards.jpeg(row), self.shards.where(row))
         except ShardError as err:
             return {**item, "views": None, "problem": str(err)}
         views = TorchMultiCrop(self.spec, seed=view_seed(self.seed, self.epoch, row), layout="HWC")
