@@ -21,13 +21,14 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from reidscale.data.crop_cache import CropProgressCallback, build_crop_cache
+from reidscale.data.crop_source import CropSource
 from reidscale.data.decode.loader import BACKENDS
 from reidscale.data.manifests import MANIFEST_KINDS, load_manifest, manifest_options
 from reidscale.data.normalize import normalize_image
@@ -164,20 +165,6 @@ def select_positions(records: Sequence[CropRecord], frame_stride: int, max_per_t
             ordered = [ordered[i] for i in spread_evenly(len(ordered), max_per_tracklet)]
         kept.extend(ordered)
     return sorted(kept)
-
-
-class CropSource(Protocol):
-    """Fixed crops of one size, by row: a crop cache (``CropCache``) or chosen rows of a shard set
-    (``ShardCrops``). ``rows`` holds at least int64 [N] arrays ``camera`` and ``pid``."""
-
-    height: int
-    width: int
-    rows: dict[str, np.ndarray]
-
-    @property
-    def num_rows(self) -> int: ...
-
-    def crop(self, index: int) -> np.ndarray: ...
 
 
 class PretrainImageSet(Dataset):

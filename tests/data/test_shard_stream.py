@@ -15,7 +15,7 @@ from PIL import Image
 from reidscale.data.records import CropRecord
 from reidscale.data.sampler import IdentitySampler
 from reidscale.data.shards import CropShards, PackedCrop, ShardSetWriter, read_dali_index
-from reidscale.data.shards.stream import UNREADABLE_CROP, ShardViewLoader, view_seed
+from reidscale.data.shards.stream import UNREADABLE_CROP, CropViewLoader, view_seed
 from reidscale.data.views.spec import cion_multicrop, flip_only
 from reidscale.data.views.torch_views import TorchMultiCrop
 
@@ -48,13 +48,13 @@ def sampler_of(shards: CropShards, rank: int = 0, world_size: int = 1) -> Identi
     return IdentitySampler(shards.table["pid"], 8, 2, rank=rank, world_size=world_size, seed=5)
 
 
-def epoch_batches(loader: ShardViewLoader, epoch: int = 0) -> list[dict]:
+def epoch_batches(loader: CropViewLoader, epoch: int = 0) -> list[dict]:
     loader.set_epoch(epoch)
     return list(loader)
 
 
 def test_batches_are_the_samplers_rows_with_the_specs_views(shards: CropShards) -> None:
-    loader = ShardViewLoader(shards, sampler_of(shards), SPEC, seed=3)
+    loader = CropViewLoader(shards, sampler_of(shards), SPEC, seed=3)
     batches = epoch_batches(loader)
     plan = sampler_of(shards)
     plan.set_epoch(0)
@@ -73,28 +73,28 @@ def test_batches_are_the_samplers_rows_with_the_specs_views(shards: CropShards) 
 
 
 def test_the_same_batches_whatever_the_workers_and_new_views_each_epoch(shards: CropShards) -> None:
-    alone = epoch_batches(ShardViewLoader(shards, sampler_of(shards), SPEC, seed=3))
+    alone = epoch_batches(CropViewLoader(shards, sampler_of(shards), SPEC, seed=3))
     workers = epoch_batches(
-        ShardViewLoader(shards, sampler_of(shards), SPEC, seed=3, num_workers=2, prefetch=3)
+        CropViewLoader(shards, sampler_of(shards), SPEC, seed=3, num_workers=2, prefetch=3)
     )
     assert len(alone) == len(workers) == 72 // 8
     for mine, theirs in zip(alone, workers, strict=True):
         assert torch.equal(mine["rows"], theirs["rows"])
         assert all(torch.equal(a, b) for a, b in zip(mine["views"], theirs["views"], strict=True))
-    again = epoch_batches(ShardViewLoader(shards, sampler_of(shards), SPEC, seed=3), epoch=1)
+    again = epoch_batches(CropViewLoader(shards, sampler_of(shards), SPEC, seed=3), epoch=1)
     assert not torch.equal(alone[0]["views"][0], again[0]["views"][0])
 
 
 def test_resuming_from_the_samplers_state_continues_the_same_stream(shards: CropShards) -> None:
-    straight = epoch_batches(ShardViewLoader(shards, sampler_of(shards), SPEC, seed=3))
-    first = ShardViewLoader(shards, sampler_of(shards), SPEC, seed=3)
+    straight = epoch_batches(CropViewLoader(shards, sampler_of(shards), SPEC, seed=3))
+    first = CropViewLoader(shards, sampler_of(shards), SPEC, seed=3)
     first.set_epoch(0)
     stream = iter(first)
     consumed = [next(stream), next(stream)]
     state = first.sampler.state_dict()
     resumed_sampler = sampler_of(shards)
     resumed_sampler.load_state_dict(state)
-    resumed = ShardViewLoader(shards, resumed_sampler, SPEC, seed=3)
+    resumed = CropViewLoader(shards, resumed_sampler, SPEC, seed=3)
     resumed.dataset.set_epoch(state["epoch"])
     rest = list(resumed)
     assert len(consumed) + len(rest) == len(straight)
@@ -105,7 +105,7 @@ def test_resuming_from_the_samplers_state_continues_the_same_stream(shards: Crop
 
 def test_each_rank_streams_its_own_share(shards: CropShards) -> None:
     per_rank = [
-        epoch_batches(ShardViewLoader(shards, sampler_of(shards, rank, 2), SPEC, seed=3)) for rank in (0, 1)
+        epoch_batches(CropViewLoader(shards, sampler_of(shards, rank, 2), SPEC, seed=3)) for rank in (0, 1)
     ]
     assert len(per_rank[0]) == len(per_rank[1]) == 72 // 16
     for step in range(len(per_rank[0])):
@@ -119,7 +119,7 @@ def test_a_crop_that_cannot_be_read_is_left_out_and_named(shards: CropShards) ->
     raw = bytearray(tar.read_bytes())
     raw[member.offset : member.offset + 32] = b"\0" * 32
     tar.write_bytes(bytes(raw))
-    loader = ShardViewLoader(shards, sampler_of(shards), SPEC, seed=3)
+    loader = CropViewLoader(shards, sampler_of(shards), SPEC, seed=3)
     batches = epoch_batches(loader)
     damaged = [batch for batch in batches if batch["skipped"]]
     assert len(damaged) == 1 and damaged[0]["skipped"][0][0] == 25
@@ -132,8 +132,8 @@ def test_a_crop_that_cannot_be_read_is_left_out_and_named(shards: CropShards) ->
 
 def test_a_sampler_of_another_set_is_refused(shards: CropShards) -> None:
     other = IdentitySampler(np.arange(10), 2, 1, rank=0, world_size=1)
-    with pytest.raises(ValueError, match="the sampler knows 10 rows, the shard set has 72"):
-        ShardViewLoader(shards, other, SPEC)
+    with pytest.raises(ValueError, match="the sampler knows 10 rows, the crops are 72"):
+        CropViewLoader(shards, other, SPEC)
 
 
 # --- the DALI loader: the same batches, JPEGs decoded and views drawn by DALI ---------------------------

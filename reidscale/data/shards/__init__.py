@@ -3,11 +3,13 @@
 from reidscale.data.shards.dali_stream import DaliShardViewLoader
 from reidscale.data.shards.layout import ShardEntry, ShardError, ShardSetInfo, read_dali_index
 from reidscale.data.shards.reader import CropShards, ShardCrops, decode_jpeg
-from reidscale.data.shards.stream import ShardViewLoader, ShardViewSet
+from reidscale.data.shards.stream import CropViewLoader, CropViewSet
 from reidscale.data.shards.writer import PackedCrop, ShardSetWriter
 
 __all__ = [
     "CropShards",
+    "CropViewLoader",
+    "CropViewSet",
     "DaliShardViewLoader",
     "PackedCrop",
     "ShardCrops",
@@ -15,8 +17,6 @@ __all__ = [
     "ShardError",
     "ShardSetInfo",
     "ShardSetWriter",
-    "ShardViewLoader",
-    "ShardViewSet",
     "decode_jpeg",
     "read_dali_index",
 ]

@@ -89,7 +89,7 @@ class _JpegFeeder:
 
 class DaliShardViewLoader:
     """Iterates this rank's identity batches of views for one epoch (``set_epoch`` first), JPEGs decoded
-    and views drawn by DALI on ``device``; the same batches and interface as ``ShardViewLoader``.
+    and views drawn by DALI on ``device``; the same batches and interface as ``CropViewLoader``.
 
     device:      "cpu" (DALI's CPU decoder and operators, ``num_threads`` threads) or "gpu" (nvJPEG /
                  hardware decoding through DALI's "mixed" decoder, views on the GPU, CUDA tensors out)

@@ -207,16 +207,20 @@ def decode_jpeg(data: bytes, where: str, size: tuple[int, int] | None = None) ->
 
 
 class ShardCrops:
-    """Chosen rows of a shard set as crops of one size: what ``PretrainImageSet`` reads (the same protocol
-    as a crop cache: ``height``, ``width``, ``num_rows``, ``rows`` and ``crop(i)``).
+    """Chosen rows of a shard set as crops: what ``PretrainImageSet`` and ``CropViewSet`` read (the
+    ``CropSource`` protocol, as a crop cache: ``height``, ``width``, ``num_rows``, ``rows`` and ``crop(i)``).
 
     rows:  [N] the shard-set rows used, item i = ``shards`` row ``rows[i]``
-    size:  (height, width) every crop is resized to (bilinear) when it is stored at another size
+    size:  (height, width) every crop is resized to (bilinear) when it is stored at another size; None =
+           each crop at its stored size (``height`` / ``width`` then give the size the set was packed at, 0
+           when the set does not say)
     """
 
-    def __init__(self, shards: CropShards, rows: np.ndarray, size: tuple[int, int]) -> None:
+    def __init__(self, shards: CropShards, rows: np.ndarray, size: tuple[int, int] | None) -> None:
         self.shards, self.selected = shards, np.asarray(rows, dtype=np.int64)
-        self.height, self.width = int(size[0]), int(size[1])
+        self.size = None if size is None else (int(size[0]), int(size[1]))
+        storage = shards.info.storage
+        self.height, self.width = self.size or (int(storage.get("height", 0)), int(storage.get("width", 0)))
         self.rows = {
             name: shards.table[name][self.selected] for name in ("record", "camera", "tracklet", "pid")
         }
@@ -226,7 +230,7 @@ class ShardCrops:
         return int(self.selected.shape[0])
 
     def crop(self, index: int) -> np.ndarray:
-        """uint8 [height, width, 3] of item ``index`` (ShardError naming the shard and record when its JPEG
-        cannot be read or decoded)."""
+        """uint8 [H, W, 3] of item ``index`` (ShardError naming the shard and record when its JPEG cannot be
+        read or decoded)."""
         row = int(self.selected[index])
-        return decode_jpeg(self.shards.jpeg(row), self.shards.where(row), (self.height, self.width))
+        return decode_jpeg(self.shards.jpeg(row), self.shards.where(row), self.size)

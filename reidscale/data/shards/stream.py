@@ -1,14 +1,15 @@
-"""Identity batches of multi-crop views streamed from a crop shard set (the CPU path).
+"""Identity batches of multi-crop views streamed from a crop shard set or any ``CropSource`` (torch, CPU).
 
     IdentitySampler (N identities × K rows per batch, this rank's share, K on its schedule)
-      ──► ShardViewSet: JPEG read at its indexed offset, decoded with PIL, the spec's views drawn by
-          ``TorchMultiCrop`` (in DataLoader workers, ``prefetch`` batches ahead per worker)
+      ──► CropViewSet: the row's crop (from a shard set: its JPEG read at its indexed offset and decoded
+          with PIL; from a crop cache: its pixels), the spec's views drawn by ``TorchMultiCrop`` (in
+          DataLoader workers, ``prefetch`` batches ahead per worker)
       ──► collate_views: {"rows" [B], "pid" [B], "camid" [B], "views" list[float32 [B, 3, h, w]], "skipped"}
 
 Every row's views are drawn from a generator seeded by (seed, epoch, row), so a batch is the same whatever
 the number of workers, and a run resumed from the sampler's ``state_dict`` sees exactly the views it would
 have seen. A row whose JPEG cannot be read or decoded is left out of its batch and named in the batch's
-``skipped`` list (``ShardViewLoader.skipped`` counts them over the run): a long job never stops on one bad
+``skipped`` list (``CropViewLoader.skipped`` counts them over the run): a long job never stops on one bad
 crop, and a batch can then hold fewer than N × K images.
 """
 
@@ -22,9 +23,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from reidscale.data.crop_source import CropSource
 from reidscale.data.sampler import IdentitySampler
 from reidscale.data.shards.layout import ShardError
-from reidscale.data.shards.reader import CropShards, decode_jpeg
+from reidscale.data.shards.reader import CropShards, ShardCrops
 from reidscale.data.views.spec import MultiCropSpec
 from reidscale.data.views.torch_views import TorchMultiCrop
 
@@ -37,24 +39,31 @@ def view_seed(seed: int, epoch: int, row: int) -> int:
     return int(state >> np.uint64(1))
 
 
-class ShardViewSet(Dataset):
-    """Item ``row`` of a shard set: ``{"row", "pid", "camid", "views": list[float32 [3, h, w]] | None,
-    "problem": str | None}`` (views None and the problem named when the crop cannot be read)."""
+def as_crop_source(crops: CropShards | CropSource) -> CropSource:
+    """A shard set as a ``CropSource`` of all its rows at their stored sizes; any other source as it is."""
+    if isinstance(crops, CropShards):
+        return ShardCrops(crops, np.arange(len(crops)), size=None)
+    return crops
 
-    def __init__(self, shards: CropShards, spec: MultiCropSpec, seed: int = 0) -> None:
-        self.shards, self.spec, self.seed, self.epoch = shards, spec, int(seed), 0
+
+class CropViewSet(Dataset):
+    """Item ``row`` of a shard set or crop source: ``{"row", "pid", "camid", "views": list[float32 [3, h, w]]
+    | None, "problem": str | None}`` (views None and the problem named when the crop cannot be read)."""
+
+    def __init__(self, crops: CropShards | CropSource, spec: MultiCropSpec, seed: int = 0) -> None:
+        self.crops, self.spec, self.seed, self.epoch = as_crop_source(crops), spec, int(seed), 0
 
     def __len__(self) -> int:
-        return len(self.shards)
+        return self.crops.num_rows
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __getitem__(self, row: int) -> dict[str, Any]:
-        table = self.shards.table
+        table = self.crops.rows
         item = {"row": int(row), "pid": int(table["pid"][row]), "camid": int(table["camera"][row])}
         try:
-            pixels = decode_jpeg(self.shards.jpeg(row), self.shards.where(row))
+            pixels = self.crops.crop(row)
         except ShardError as err:
             return {**item, "views": None, "problem": str(err)}
         views = TorchMultiCrop(self.spec, seed=view_seed(self.seed, self.epoch, row), layout="HWC")
@@ -62,7 +71,7 @@ class ShardViewSet(Dataset):
 
 
 def collate_views(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """One batch from ``ShardViewSet`` items: the readable ones stacked, the others listed in ``skipped``."""
+    """One batch from ``CropViewSet`` items: the readable ones stacked, the others listed in ``skipped``."""
     kept = [item for item in items if item["views"] is not None]
     batch: dict[str, Any] = {
         "rows": torch.tensor([item["row"] for item in kept], dtype=torch.int64),
@@ -74,7 +83,7 @@ def collate_views(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
-class ShardViewLoader:
+class CropViewLoader:
     """Iterates this rank's identity batches of views for one epoch (``set_epoch`` first), counting skipped
     rows in ``skipped`` (reason → count) and naming them in ``skipped_rows``.
 
@@ -84,7 +93,7 @@ class ShardViewLoader:
 
     def __init__(
         self,
-        shards: CropShards,
+        crops: CropShards | CropSource,
         sampler: IdentitySampler,
         spec: MultiCropSpec,
         seed: int = 0,
@@ -93,9 +102,9 @@ class ShardViewLoader:
     ) -> None:
         if num_workers < 0 or prefetch < 1:
             raise ValueError(f"num_workers must be >= 0 and prefetch >= 1, got {num_workers}, {prefetch}")
-        if len(sampler.pids) != len(shards):
-            raise ValueError(f"the sampler knows {len(sampler.pids)} rows, the shard set has {len(shards)}")
-        self.dataset = ShardViewSet(shards, spec, seed)
+        self.dataset = CropViewSet(crops, spec, seed)
+        if len(sampler.pids) != len(self.dataset):
+            raise ValueError(f"the sampler knows {len(sampler.pids)} rows, the crops are {len(self.dataset)}")
         self.sampler = sampler
         self.num_workers, self.prefetch = int(num_workers), int(prefetch)
         self.skipped: Counter[str] = Counter()
