@@ -319,6 +319,8 @@ def format_metric_rows(rows: dict[str, dict[str, float]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from reidscale.data.manifests import MANIFEST_KINDS
+
     parser = argparse.ArgumentParser(prog="reidscale", description="Large-scale person ReID pre-training.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
 
@@ -372,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pack.add_argument(
         "--manifest", nargs=2, required=True, metavar=("KIND", "PATH"),
-        help="manifest reader (video_tracklets, luperson_nl, cion_json, market, saved) and its path",
+        help=f"manifest reader ({', '.join(MANIFEST_KINDS)}) and its path",
     )  # fmt: skip
     pack.add_argument(
         "--out", required=True, type=Path, help="shard folder (resumed when it holds this pack)"

@@ -17,7 +17,8 @@ WHOLE_IMAGE: tuple[int, int, int, int] = (0, 0, 0, 0)
 class CropRecord:
     """One person crop.
 
-    source:   video file or image file (absolute path)
+    source:   video file or image file (absolute path), or an image stored in an LMDB as
+              "<lmdb folder>::<key>" (``reidscale.data.image_bytes``)
     frame:    0-based frame index in the video; -1 for an image file
     box:      (x, y, w, h) in pixels of the full frame / image; WHOLE_IMAGE = the whole image
     pid:      training label: identity after relabelling to 0..n-1 (or the tracklet index for raw tracklets)

@@ -463,7 +463,15 @@ def test_load_manifest_dispatch_and_errors(corpus: Path, tmp_path: Path) -> None
         load_manifest("mot", corpus)
     with pytest.raises(ValueError, match=r"does not take option\(s\) \['stride'\]; it takes strict, min_box"):
         load_manifest("video_tracklets", corpus, stride=2)
-    assert MANIFEST_KINDS == ("video_tracklets", "luperson_nl", "cion_json", "market", "saved")
+    assert MANIFEST_KINDS == (
+        "video_tracklets",
+        "luperson_nl",
+        "luperson_nl_lmdb",
+        "cion_al",
+        "cion_json",
+        "market",
+        "saved",
+    )
 
 
 def test_skip_report_save_round_trip_and_missing_files(corpus: Path, tmp_path: Path) -> None:

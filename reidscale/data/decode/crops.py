@@ -8,6 +8,7 @@ named in the ``DecodeStats`` passed in (by their position in ``records``), never
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,20 +17,21 @@ import numpy as np
 from reidscale.data.decode.geometry import clip_box
 from reidscale.data.decode.loader import build_crop_loader
 from reidscale.data.decode.stats import BOX_OUTSIDE_FRAME, DecodeStats
+from reidscale.data.image_bytes import read_image_bytes
 from reidscale.data.records import CropRecord
 from reidscale.data.video_probe import VideoInfo
 
-UNREADABLE_IMAGE = "unreadable_image"  # skip reason: PIL cannot open or decode the image file
+UNREADABLE_IMAGE = "unreadable_image"  # skip reason: the image bytes are missing or PIL cannot decode them
 DECODE_BATCH = 64
 
 
 def load_image_crop(record: CropRecord, out_size: tuple[int, int]) -> np.ndarray | str:
-    """PIL crop + bilinear resize of an image record to ``out_size`` (height, width): uint8 [H, W, 3], or the
-    skip reason."""
+    """PIL crop + bilinear resize of an image record (a file or an LMDB value: ``read_image_bytes``) to
+    ``out_size`` (height, width): uint8 [H, W, 3], or the skip reason."""
     from PIL import Image
 
     try:
-        with Image.open(record.source) as image:
+        with Image.open(io.BytesIO(read_image_bytes(record.source))) as image:
             rgb = image.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError):
         return UNREADABLE_IMAGE

@@ -4,6 +4,9 @@
 
 - "video_tracklets": videos + MOT tracklet files (``read_video_tracklets``)
 - "luperson_nl":     ``<video>/<pid>_<frame>_<obj>.jpg`` crop folders (``read_luperson_nl``)
+- "luperson_nl_lmdb": LUPerson-NL's LMDB (``lmdb/`` + ``keys.pkl``), records ``<lmdb>::<key>``
+                     (``read_luperson_nl_lmdb``)
+- "cion_al":         the released CION-AL folder (``sec*/`` + ``cional_annos.json``) (``read_cion_al``)
 - "cion_json":       CION-AL style JSON lists of ``{file_path, id}`` (``read_cion_json``)
 - "market":          one split of a Market-format benchmark folder (``read_market_manifest``)
 - "saved":           a manifest written by ``save_manifest`` (``read_saved_manifest``)
@@ -31,7 +34,8 @@ from .common import (
     save_manifest,
 )
 from .ground_truth import GroundTruth, GroundTruthSegment, identity_at, read_ground_truth
-from .image_folders import read_cion_json, read_luperson_nl, read_market_manifest
+from .image_folders import read_cion_al, read_cion_json, read_luperson_nl, read_market_manifest
+from .luperson_lmdb import read_luperson_nl_lmdb
 from .mot import parse_mot_line
 from .video_tracklets import VIDEO_EXTENSIONS, camera_of, read_camera_table, read_video_tracklets
 
@@ -40,6 +44,8 @@ _REGISTRY: ReaderRegistry[Manifest] = ReaderRegistry(
     {
         "video_tracklets": read_video_tracklets,
         "luperson_nl": read_luperson_nl,
+        "luperson_nl_lmdb": read_luperson_nl_lmdb,
+        "cion_al": read_cion_al,
         "cion_json": read_cion_json,
         "market": read_market_manifest,
         "saved": read_saved_manifest,
@@ -75,9 +81,11 @@ __all__ = [
     "manifest_options",
     "parse_mot_line",
     "read_camera_table",
+    "read_cion_al",
     "read_cion_json",
     "read_ground_truth",
     "read_luperson_nl",
+    "read_luperson_nl_lmdb",
     "read_market_manifest",
     "read_saved_manifest",
     "read_video_tracklets",

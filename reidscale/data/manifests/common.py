@@ -22,6 +22,7 @@ from collections.abc import Hashable, Iterable
 from pathlib import Path
 
 from ...utils.io import atomic_write_json
+from ..image_bytes import image_source_exists
 from ..records import CropRecord, Manifest, SkippedRecord
 
 SAVED_MANIFEST_FORMAT = "reidscale-manifest-v1"
@@ -39,9 +40,12 @@ SKIP_REASONS: dict[str, str] = {
     "video_without_tracklets": "videos without a tracklet file (nothing to read)",
     "bad_name": "image files whose name does not parse",
     "misplaced_image": "images outside a video folder",
-    "bad_entry": "JSON entries without a usable file path or id",
+    "bad_entry": "JSON or key-list entries without a usable file path, key or id",
     "duplicate_path": "JSON entries repeating an earlier file path",
     "path_outside": "entries whose file path leaves the corpus root (.., absolute, ~ or a symlink)",
+    "bad_key": "LMDB keys that do not parse",
+    "duplicate_key": "key-list entries repeating an earlier LMDB key",
+    "missing_key": "key-list entries whose key is not in the LMDB",
 }
 KEPT_REASONS: frozenset[str] = frozenset({"box_clipped"})
 
@@ -169,7 +173,8 @@ def format_skip_report(manifest: Manifest) -> str:
 
 
 def check_files_exist(manifest: Manifest, sample: int | None = None, seed: int = 0) -> list[str]:
-    """The sources of ``manifest`` that are not files, sorted; checks all or a random ``sample`` of them.
+    """The sources of ``manifest`` that name nothing (no such file, or a key absent from its LMDB: see
+    ``reidscale.data.image_bytes``), sorted; checks all or a random ``sample`` of them.
 
     Sampling draws ``sample`` distinct sources with ``random.Random(seed)`` (a cheap spot check of a
     10M-image manifest); ``sample`` must be positive.
@@ -180,7 +185,7 @@ def check_files_exist(manifest: Manifest, sample: int | None = None, seed: int =
             raise ValueError(f"sample must be a positive number of files or None, got {sample}")
         if sample < len(sources):
             sources = sorted(random.Random(seed).sample(sources, sample))
-    return [source for source in sources if not os.path.isfile(source)]
+    return [source for source in sources if not image_source_exists(source)]
 
 
 def save_manifest(

@@ -1,4 +1,5 @@
-"""Manifests of person-crop image files: LUPerson-NL folders, CION-AL style JSON lists, Market-format folders.
+"""Manifests of person-crop image files: LUPerson-NL folders, CION-AL (its released folder or any JSON list in
+its format), Market-format folders.
 
 Every record is a whole image (``frame`` −1, ``box`` WHOLE_IMAGE); images are never opened here (corrupt
 JPEGs are skipped and counted by the decoders).
@@ -28,6 +29,16 @@ LUPERSON_TREE = layout_tree(
 )
 CION_LIST_KEYS: tuple[str, ...] = ("images", "data", "annotations", "items")
 CION_ENTRY_HELP = '{"file_path": "<path>", "id": <integer>[, "camera": <integer>, "video": "<name>"]}'
+#: the annotation file of the released CION-AL folder; the second spelling is the default path of CION's
+#: pre-training script
+CION_AL_ANNOTATIONS: tuple[str, ...] = ("cional_annos.json", "cinoal_annos.json")
+CION_AL_TREE = layout_tree(
+    "<CION_AL>/",
+    [
+        ("sec0/ ... sec129/", "the images"),
+        ("cional_annos.json", '[{"file_path": "<path under CION_AL>", "id": <integer>}, ...]'),
+    ],
+)
 
 
 def _image_folders(folder: Path) -> Iterator[tuple[str, list[str]]]:
@@ -184,6 +195,32 @@ def read_cion_json(
         for source, (identity, camera, video) in parsed.items()
     ]
     manifest.records = sorted(records, key=lambda record: (record.pid, record.source))
+    return manifest
+
+
+def read_cion_al(path: str | os.PathLike, *, strict: bool = True) -> Manifest:
+    """The released CION-AL folder (``sec*/`` image folders + ``cional_annos.json``) → ``read_cion_json``.
+
+    ``path`` is the CION-AL folder, where the annotation file is the first of CION_AL_ANNOTATIONS found, or
+    the annotation file itself. Its entries' ``file_path``s are relative to the annotation file's folder
+    (CION's pre-training code joins them to the CION-AL folder), which is the corpus root; ids are
+    relabelled 0..n−1 in ascending order. Errors and skips are those of ``read_cion_json``.
+    """
+    location = absolute_path(path)
+    if location.is_dir():
+        found = [location / name for name in CION_AL_ANNOTATIONS if (location / name).is_file()]
+        json_path = found[0] if found else None
+        if json_path is None:
+            raise FileNotFoundError(
+                f"CION-AL folder {location} holds no {' or '.join(CION_AL_ANNOTATIONS)}; expected layout:\n"
+                f"{CION_AL_TREE}"
+            )
+    elif location.is_file():
+        json_path = location
+    else:
+        raise FileNotFoundError(f"CION-AL folder {location} does not exist; expected layout:\n{CION_AL_TREE}")
+    manifest = read_cion_json(json_path, strict=strict)
+    manifest.name = f"cion_al:{json_path}"
     return manifest
 
 

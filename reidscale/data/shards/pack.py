@@ -2,9 +2,10 @@
 
 What is stored per record:
 
-- an image record that is a whole JPEG file (``frame == -1``, box ``WHOLE_IMAGE``, suffix .jpg/.jpeg) is
-  copied into its shard byte for byte, after a structural check (``PIL.Image.verify``): no re-encoding, so
-  no second loss (LUPerson-NL, CION-AL, Market-style JPEG folders);
+- an image record that is a whole JPEG (``frame == -1``, box ``WHOLE_IMAGE``: a .jpg/.jpeg file, or an
+  LMDB value holding a JPEG) is copied into its shard byte for byte, after a structural check
+  (``PIL.Image.verify``): no re-encoding, so no second loss (LUPerson-NL, CION-AL, Market-style JPEG
+  folders); an LMDB value in another image format is treated as below;
 - every other record (a box in a video frame, a box inside an image, a PNG) is decoded once
   (``decode_crops``: DALI or PyAV for videos, PIL for images), resized to ``size`` (height, width) and
   JPEG-encoded at ``quality``.
@@ -28,6 +29,7 @@ import numpy as np
 
 from reidscale.data.decode.crops import UNREADABLE_IMAGE, decode_crops
 from reidscale.data.decode.stats import DecodeStats
+from reidscale.data.image_bytes import read_image_bytes, split_lmdb_reference
 from reidscale.data.records import WHOLE_IMAGE, CropRecord, Manifest, SkippedRecord
 from reidscale.data.shards.layout import ShardError
 from reidscale.data.shards.writer import PackedCrop, ShardSetWriter
@@ -40,10 +42,11 @@ DEFAULT_RECORDS_PER_SHARD = 1000
 
 
 def is_copied(record: CropRecord) -> bool:
-    """True when ``record`` is a whole JPEG file, stored as it is."""
-    return (
-        (not record.is_video) and record.box == WHOLE_IMAGE and record.source.lower().endswith(JPEG_SUFFIXES)
-    )
+    """True when ``record`` is a whole JPEG image, stored as it is: a .jpg/.jpeg file, or an LMDB value
+    (``reidscale.data.image_bytes``; LUPerson-NL's LMDB holds the JPEG files' bytes)."""
+    if record.is_video or record.box != WHOLE_IMAGE:
+        return False
+    return record.source.lower().endswith(JPEG_SUFFIXES) or split_lmdb_reference(record.source) is not None
 
 
 def encode_jpeg(pixels: np.ndarray, quality: int) -> bytes:
@@ -55,17 +58,20 @@ def encode_jpeg(pixels: np.ndarray, quality: int) -> bytes:
     return buffer.getvalue()
 
 
-def _checked_jpeg(path: str) -> bytes | None:
-    """The bytes of the JPEG file ``path``, or None when it is missing or not a structurally sound image."""
+def _whole_jpeg(source: str) -> bytes | bool:
+    """The JPEG bytes ``source`` names (a file or an LMDB value: ``read_image_bytes``) when they are a
+    structurally sound JPEG; True when they are a sound image in another format (to be re-encoded), False
+    when they are missing or not a sound image."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        data = Path(path).read_bytes()
+        data = read_image_bytes(source)
         with Image.open(io.BytesIO(data)) as image:
+            image_format = image.format
             image.verify()
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
-        return None
-    return data
+        return False
+    return data if image_format == "JPEG" else True
 
 
 def records_fingerprint(records: Sequence[CropRecord]) -> str:
@@ -149,16 +155,16 @@ def _shard_crops(
 ) -> tuple[list[PackedCrop], list[SkippedRecord]]:
     """The stored crops of one shard's records (by position) and the records left out (``video_cache``:
     the videos probed so far, shared by the shards)."""
-    crops, skipped = [], []
-    copied = [i for i, record in enumerate(records) if is_copied(record)]
-    for i in copied:
-        data = _checked_jpeg(records[i].source)
-        if data is None:
+    crops, skipped, handled = [], [], set()
+    for i in (i for i, record in enumerate(records) if is_copied(record)):
+        data = _whole_jpeg(records[i].source)
+        if data is False:
             skipped.append(SkippedRecord(records[i].source, positions[i], UNREADABLE_IMAGE))
-        else:
+        elif data is not True:  # a sound image in another format (e.g. a PNG in an LMDB) is re-encoded
             crops.append(PackedCrop(positions[i], records[i], data))
-    copied_set = set(copied)
-    decoded = [i for i in range(len(records)) if i not in copied_set]
+        if data is not True:
+            handled.add(i)
+    decoded = [i for i in range(len(records)) if i not in handled]
     stats = DecodeStats()
     subset = [records[i] for i in decoded]
     for rows, batch in decode_crops(
