@@ -217,8 +217,17 @@ class PretrainImageSet(Dataset):
         return other
 
     def test_view(self, index: int) -> torch.Tensor:
-        """float32 [3, H, W]: image ``index`` normalised, not flipped."""
-        crop = torch.from_numpy(self.cache.crop(index))
+        """float32 [3, H, W]: image ``index`` normalised, not flipped. A crop the source cannot read (a
+        damaged JPEG in a shard set) is replaced by the mean colour (zeros after normalisation) and named in
+        a warning: a long run goes on, and its batches keep their size, which the memory banks' exchange
+        between ranks needs (a row cannot simply be left out as the view streams do)."""
+        from reidscale.data.shards.layout import ShardError
+
+        try:
+            crop = torch.from_numpy(self.cache.crop(index))
+        except ShardError as err:
+            logger.warning("pretrain set: image %d replaced by the mean colour: %s", index, err)
+            return torch.zeros(3, self.cache.height, self.cache.width)
         return normalize_image(crop.permute(2, 0, 1))
 
     def __getitem__(self, index: int) -> dict[str, Any]:

@@ -205,7 +205,7 @@ def test_dali_cpu_crops_match_pyav_and_truth(videos, codec) -> None:
     pytest.importorskip("nvidia.dali")
     records = grid_records(videos[codec])
     for out_size in [(32, 16), (20, 20)]:
-        dali = build_crop_loader(records, 6, out_size, backend="dali", chunk_len=4, chunks_per_batch=2)
+        dali = build_crop_loader(records, 6, out_size, backend="dali", sequence_length=4, sequences_per_run=2)
         dali_crops = crops_by_record(dali)
         pyav_crops = dict(crop_records_pyav(records, out_size))
         assert sorted(dali_crops) == list(range(len(records))) and dali.stats.skipped == {}
@@ -213,6 +213,28 @@ def test_dali_cpu_crops_match_pyav_and_truth(videos, codec) -> None:
             difference = np.abs(dali_crops[index].astype(np.float64) - pyav_crops[index]).mean(axis=(0, 1))
             assert difference.max() <= PATH_TOLERANCE, f"{record}: DALI vs PyAV per channel {difference}"
             assert_matches_truth(dali_crops[index], record, TRUTH_TOLERANCE)
+
+
+@pytest.mark.dali
+def test_dali_decodes_each_video_once_front_to_back(videos) -> None:
+    """Whatever the boxes and their order, a video is streamed once from its first frame to the run that
+    holds its last wanted frame: decoded frames = that run's end, never a decode from the start per box."""
+    pytest.importorskip("nvidia.dali")
+    from reidscale.data.decode.dali_pipeline import crop_records_dali
+
+    box = (0, 0, 8, 8)
+    for frames, decoded in (
+        ([3], 4),
+        ([0, 1, 2, 3], 4),
+        ([6, 2, 5, 2, 1], 8),
+        ([9, 0, 9, 4, 8], 12),
+        ([NUM_FRAMES - 1, 0], NUM_FRAMES),
+    ):
+        records = [CropRecord(videos["mjpeg"], frame, box, pid=0) for frame in frames]
+        stats = DecodeStats()
+        served = list(crop_records_dali(records, (8, 8), sequence_length=2, sequences_per_run=2, stats=stats))
+        indices = sorted(int(i) for batch, _ in served for i in batch)
+        assert indices == list(range(len(frames))) and stats.decoded_frames == decoded, (frames, stats)
 
 
 def test_auto_on_the_cpu_decodes_every_codec_with_pyav(videos) -> None:
@@ -241,12 +263,12 @@ def test_dali_auto_routes_h264_and_damaged_files_to_pyav(videos, monkeypatch) ->
         *[CropRecord(videos["truncated"], frame, (0, 0, 8, 8), pid=0) for frame in range(NUM_FRAMES)],
         CropRecord(videos["garbage"], 0, (0, 0, 8, 8), pid=0),
     ]
-    only_dali = build_crop_loader(records, 5, (16, 8), backend="dali", chunk_len=4, chunks_per_batch=1)
+    only_dali = build_crop_loader(records, 5, (16, 8), backend="dali", sequence_length=4, sequences_per_run=1)
     dali_served = crops_by_record(only_dali)
     assert not set(range(6, 12)) & set(dali_served)
     assert only_dali.stats.skipped["unsupported_codec"] == 6
     assert only_dali.stats.skipped["unreadable_video"] == 1
-    auto = build_crop_loader(records, 5, (16, 8), backend="auto", chunk_len=4, chunks_per_batch=1)
+    auto = build_crop_loader(records, 5, (16, 8), backend="auto", sequence_length=4, sequences_per_run=1)
     auto_served = crops_by_record(auto)
     pyav_served = dict(crop_records_pyav(records, (16, 8)))
     assert set(auto_served) == set(pyav_served) >= set(range(12))
@@ -326,7 +348,7 @@ def test_dali_gpu_crops_match_pyav(videos, codec) -> None:
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     records = grid_records(videos[codec])
-    loader = build_crop_loader(records, 8, (32, 16), backend="dali", device="gpu", chunk_len=4)
+    loader = build_crop_loader(records, 8, (32, 16), backend="dali", device="gpu", sequence_length=4)
     batches = list(loader)
     assert all(crops.is_cuda for _, crops in batches)
     gpu_crops = {

@@ -491,3 +491,29 @@ def test_a_shard_set_gives_the_same_images_as_the_crop_cache_after_one_jpeg_pass
         build_pretrain_set(
             PretrainDataConfig(source="shards", path=str(corpus)), SIZE, 4, rank=0, world_size=1
         )
+
+
+def test_a_damaged_jpeg_in_the_shards_becomes_the_mean_colour_and_is_named(
+    corpus: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The memory banks need full batches on every rank, so an unreadable crop is not left out: the item
+    is the mean colour (zeros after normalisation) and a warning names the shard and the record."""
+    from reidscale.data.shards import read_dali_index
+    from reidscale.data.shards.pack import PackSettings, pack_manifest
+
+    manifest = load_manifest("video_tracklets", corpus)
+    settings = PackSettings(size=SIZE, records_per_shard=4096, decode_backend="pyav")
+    pack_manifest(manifest, tmp_path / "shards", {"kind": "video_tracklets"}, settings, log=lambda line: None)
+    config = PretrainDataConfig(source="shards", path=str(tmp_path / "shards"), frame_stride=1, flip_prob=0.0)
+    dataset, _ = build_pretrain_set(config, SIZE, 4, rank=0, world_size=1)
+    member = read_dali_index(tmp_path / "shards" / "shard-000000.idx")[7][0]
+    tar = tmp_path / "shards" / "shard-000000.tar"
+    raw = bytearray(tar.read_bytes())
+    raw[member.offset : member.offset + 16] = b"\0" * 16
+    tar.write_bytes(bytes(raw))
+    with caplog.at_level("WARNING"):
+        item = dataset[7]
+    assert item["index"] == 7 and torch.equal(item["image"], torch.zeros(3, *SIZE))
+    assert "image 7 replaced by the mean colour" in caplog.text
+    assert "shard-000000.tar: record 0000000007: the image does not decode" in caplog.text
+    assert dataset[6]["image"].abs().sum() > 0  # its neighbours are read as before

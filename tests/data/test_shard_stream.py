@@ -95,7 +95,6 @@ def test_resuming_from_the_samplers_state_continues_the_same_stream(shards: Crop
     resumed_sampler = sampler_of(shards)
     resumed_sampler.load_state_dict(state)
     resumed = CropViewLoader(shards, resumed_sampler, SPEC, seed=3)
-    resumed.dataset.set_epoch(state["epoch"])
     rest = list(resumed)
     assert len(consumed) + len(rest) == len(straight)
     for mine, theirs in zip(consumed + rest, straight, strict=True):
@@ -255,3 +254,12 @@ def test_dali_gpu_stream_lands_in_cuda_tensors_with_the_cpu_streams_rows(shards:
         epoch_batches(dali_loader(shards, same))[0],
     )
     assert (on_gpu["views"][0].cpu() - on_cpu["views"][0]).abs().max().item() < 0.05  # nvJPEG vs libjpeg
+
+
+def test_the_views_follow_the_samplers_epoch(shards: CropShards) -> None:
+    """A trainer selects the epoch on the sampler alone; the views of that epoch come all the same."""
+    by_loader = epoch_batches(CropViewLoader(shards, sampler_of(shards), SPEC, seed=3), epoch=2)
+    loader = CropViewLoader(shards, sampler_of(shards), SPEC, seed=3)
+    loader.sampler.set_epoch(2)
+    for mine, theirs in zip(list(loader), by_loader, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(mine["views"], theirs["views"], strict=True))

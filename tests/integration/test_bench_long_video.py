@@ -27,6 +27,7 @@ def test_a_short_run_writes_one_row_per_runnable_path(tmp_path: Path) -> None:
     early, late = float(row["early_crops_per_s"]), float(row["late_crops_per_s"])
     assert early > 0 and late > 0
     assert float(row["late_over_early_time"]) == pytest.approx(early / late, rel=0.05)  # same box count
+    assert row["whole_boxes"] == "40" and float(row["whole_crops_per_s"]) > 0
     assert row["commit"] and row["device"]
 
 

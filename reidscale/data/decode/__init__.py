@@ -9,7 +9,7 @@ from reidscale.data.decode.dali_pipeline import (
     DALI_CPU_CODECS,
     DALI_GPU_CODECS,
     crop_records_dali,
-    dali_video_crop_pipeline,
+    dali_video_stream_pipeline,
 )
 from reidscale.data.decode.geometry import clip_box, crop_and_resize
 from reidscale.data.decode.loader import CropLoader, build_crop_loader, dali_available
@@ -41,7 +41,7 @@ __all__ = [
     "crop_records_dali",
     "crop_records_pyav",
     "dali_available",
-    "dali_video_crop_pipeline",
+    "dali_video_stream_pipeline",
     "probe_video",
     "shard_records",
 ]

@@ -1,29 +1,30 @@
 """NVIDIA DALI decoding: GPU ("mixed", NVDEC) for H.264/HEVC/AV1/MPEG-4/VP8/VP9/MJPEG, CPU for VP8/VP9/MJPEG.
 
-How records reach DALI: the host groups a video's crop records (sorted by frame) into *chunks* of at
-most ``chunk_len`` records. One DALI sample is one chunk: the encoded file bytes, the distinct frames
-the chunk needs (``frames=`` of ``fn.decoders.video``, each decoded once), the slot → frame order
-(``fn.sequence_rearrange``, so several boxes on one frame share the decode) and one affine matrix per
-slot (``fn.warp_affine`` with ``fn.per_frame``: crop + resize in one resampling, see ``geometry``).
-A sample comes out as uint8 [chunk_len, H_out, W_out, 3]; padding slots (record index −1) repeat the
-chunk's last record and are dropped on the PyTorch side. The graph is the same on both devices; only the
-decoder's device changes ("cpu" or "mixed"), and on a GPU everything after it runs on the GPU and lands
-in a CUDA torch tensor by a device-to-device copy (no host round trip).
+Each video is decoded **once, front to back**: its file is fed once to ``fn.experimental.inputs.video``,
+which streams it as consecutive sequences of ``sequence_length`` frames, ``sequences_per_run`` sequences per
+pipeline run, in presentation order, so frame ``f`` is the ``f``-th frame the stream returns (the numbering
+of ``video_probe``). As the sequences arrive, the boxes on their frames are cropped and resized with
+``geometry.crop_and_resize_tensor`` on the frames' device (the GPU for "mixed": frames go from DALI into a
+CUDA torch tensor by a device-to-device copy, crops never visit the host). Decoding stops after the run
+holding the video's last wanted frame. The cost of a video is therefore linear in the frames up to its last
+box, whatever the number of boxes or their order; an earlier design that handed DALI the whole file for
+every chunk of boxes decoded from the start of the file each time, so its cost grew with the square of
+the video's length (``benchmarks/bench_long_video.py`` measures both ends of long clips).
 
-Cost note: each sample hands DALI the whole file, which it parses and indexes again, so the chunk length
-should cover many records of a video (or long videos should be cut into segments upstream).
+Every frame up to the last wanted one is decoded (frames without boxes included): on NVDEC that is cheap,
+on the CPU PyAV, which decodes only from the keyframe before each wanted frame, is usually faster (see
+``loader.AUTO_DALI_CODECS``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from reidscale.data.decode.dali_torch import dali_to_torch
-from reidscale.data.decode.geometry import crop_to_output_affine
+from reidscale.data.decode.dali_torch import torch_device
+from reidscale.data.decode.geometry import crop_and_resize_tensor
 from reidscale.data.decode.stats import DALI_BATCH_ERROR, UNSUPPORTED_CODEC, DecodeStats
 from reidscale.data.decode.video_index import VideoPlan, plan_video_crops
 from reidscale.data.records import CropRecord
@@ -31,6 +32,7 @@ from reidscale.data.video_probe import VideoInfo
 
 DALI_CPU_CODECS: frozenset[str] = frozenset({"vp8", "vp9", "mjpeg"})
 DALI_GPU_CODECS: frozenset[str] = DALI_CPU_CODECS | {"h264", "hevc", "av1", "mpeg4"}
+VIDEO_INPUT = "video"  # the name of the pipeline's video input (fed with ``feed_input``)
 
 
 def dali_codecs(device: str) -> frozenset[str]:
@@ -40,132 +42,98 @@ def dali_codecs(device: str) -> frozenset[str]:
     return DALI_GPU_CODECS if device == "gpu" else DALI_CPU_CODECS
 
 
-@dataclass(frozen=True)
-class DaliChunk:
-    """One DALI sample. frames int32 [U] ascending; order int32 [L] (slot → position in frames);
-    affines float32 [L, 2, 3] (output → frame coordinates); record_indices int64 [L], −1 = padding."""
-
-    path: str
-    frames: np.ndarray
-    order: np.ndarray
-    affines: np.ndarray
-    record_indices: np.ndarray
-
-
-def make_chunks(plans: Sequence[VideoPlan], out_size: tuple[int, int], chunk_len: int) -> list[DaliChunk]:
-    """Split every plan's tasks (already sorted by frame) into chunks of ``chunk_len`` slots."""
-    if chunk_len < 1:
-        raise ValueError(f"chunk_len must be >= 1, got {chunk_len}")
-    chunks = []
-    for plan in plans:
-        for start in range(0, len(plan.tasks), chunk_len):
-            tasks = list(plan.tasks[start : start + chunk_len])
-            padding = chunk_len - len(tasks)
-            frames = np.unique([task.frame for task in tasks]).astype(np.int32)
-            order = np.searchsorted(frames, [task.frame for task in tasks]).astype(np.int32)
-            affines = np.stack([crop_to_output_affine(task.box, out_size) for task in tasks])
-            indices = np.array([task.record_index for task in tasks] + [-1] * padding, dtype=np.int64)
-            chunks.append(
-                DaliChunk(
-                    path=plan.video.path,
-                    frames=frames,
-                    order=np.concatenate([order, np.repeat(order[-1:], padding)]),
-                    affines=np.concatenate([affines, np.repeat(affines[-1:], padding, axis=0)]),
-                    record_indices=indices,
-                )
-            )
-    return chunks
-
-
-class _ChunkFeeder:
-    """External-source callable: batch ``first_batch + iteration`` of the chunk list, file bytes cached."""
-
-    def __init__(self, batches: Sequence[Sequence[DaliChunk]], first_batch: int) -> None:
-        self._batches, self._first_batch = batches, first_batch
-        self._cached_path, self._cached_bytes = "", np.empty(0, dtype=np.uint8)
-
-    def _file_bytes(self, path: str) -> np.ndarray:
-        if path != self._cached_path:
-            self._cached_path, self._cached_bytes = path, np.fromfile(path, dtype=np.uint8)
-        return self._cached_bytes
-
-    def __call__(self, batch_info) -> tuple[list[np.ndarray], ...]:
-        batch_number = self._first_batch + batch_info.iteration
-        if batch_number >= len(self._batches):
-            raise StopIteration
-        chunks = self._batches[batch_number]
-        return (
-            [self._file_bytes(chunk.path) for chunk in chunks],
-            [chunk.frames for chunk in chunks],
-            [chunk.order for chunk in chunks],
-            [chunk.affines for chunk in chunks],
-            [chunk.record_indices for chunk in chunks],
-        )
-
-
-def dali_video_crop_pipeline(
-    source,
-    chunks_per_batch: int,
-    out_size: tuple[int, int],
-    device: str = "cpu",
-    num_threads: int = 2,
-    prefetch_queue_depth: int = 2,
+def dali_video_stream_pipeline(
+    sequence_length: int, sequences_per_run: int, device: str = "cpu", num_threads: int = 2
 ):
-    """Build (not yet run) the DALI pipeline: decode → per-slot frame order → per-slot crop+resize.
-
-    source: external-source callable taking DALI's BatchInfo and returning five lists of per-chunk
-            arrays (file bytes uint8, frames int32 [U], order int32 [L], affines float32 [L, 2, 3],
-            record indices int64 [L]); raising StopIteration ends the data.
-    Outputs per sample: crops uint8 [L, out_h, out_w, 3] (on the GPU for device="gpu"), record indices
-    int64 [L] (CPU).
-    """
-    from nvidia.dali import fn, types
+    """Build the DALI pipeline that streams one fed video: each run returns up to ``sequences_per_run``
+    samples, each uint8 [F, H, W, 3] of F ≤ ``sequence_length`` consecutive frames (the last sequence of a
+    video may be shorter), on the GPU for device="gpu". Feed a video with
+    ``pipe.feed_input(VIDEO_INPUT, [file bytes as uint8 [n]])``; never run it past the video's frames."""
+    from nvidia.dali import fn
     from nvidia.dali.pipeline import Pipeline
 
     dali_codecs(device)
-    device_id = torch.cuda.current_device() if device == "gpu" else None
+    if sequence_length < 1 or sequences_per_run < 1:
+        raise ValueError(
+            f"sequence_length and sequences_per_run must be >= 1, got {sequence_length}, {sequences_per_run}"
+        )
     pipe = Pipeline(
-        batch_size=chunks_per_batch,
+        batch_size=sequences_per_run,
         num_threads=num_threads,
-        device_id=device_id,
-        prefetch_queue_depth=prefetch_queue_depth,
+        device_id=torch.cuda.current_device() if device == "gpu" else None,
+        prefetch_queue_depth=1,
     )
     with pipe:
-        encoded, frames, order, affines, indices = fn.external_source(
-            source=source,
-            num_outputs=5,
-            batch=True,
-            batch_info=True,
-            dtype=[types.UINT8, types.INT32, types.INT32, types.FLOAT, types.INT64],
+        frames = fn.experimental.inputs.video(
+            name=VIDEO_INPUT,
+            sequence_length=sequence_length,
+            device="mixed" if device == "gpu" else "cpu",
+            last_sequence_policy="partial",
         )
-        video = fn.decoders.video(encoded, device="mixed" if device == "gpu" else "cpu", frames=frames)
-        slots = fn.sequence_rearrange(video, new_order=order)
-        crops = fn.warp_affine(
-            slots,
-            matrix=fn.per_frame(affines),
-            size=list(out_size),
-            interp_type=types.INTERP_LINEAR,
-            inverse_map=True,
-        )
-        pipe.set_outputs(crops, indices)
+        pipe.set_outputs(frames)
+    pipe.build()
     return pipe
 
 
-def _to_torch(crops, indices, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flatten a pipeline batch to (record indices int64 [n], crops uint8 [n, H, W, 3]), padding dropped."""
-    out = dali_to_torch(crops, torch.uint8, device)
-    record_indices = torch.from_numpy(np.array(indices.as_tensor())).reshape(-1)
-    keep = record_indices >= 0
-    flat = out.reshape(-1, *out.shape[2:])
-    return record_indices[keep], flat[keep.to(flat.device)]
+def _sequences(output, device: str) -> Iterator[torch.Tensor]:
+    """The samples of one run as uint8 [F, H, W, 3] torch tensors on ``device`` (the CPU ones share
+    DALI's memory until the next run)."""
+    from nvidia.dali.plugin.pytorch import feed_ndarray
+
+    target = torch_device(device)
+    for index in range(len(output)):
+        if device == "gpu":
+            sample = output[index]
+            frames = torch.empty(sample.shape(), dtype=torch.uint8, device=target)
+            feed_ndarray(sample, frames, cuda_stream=torch.cuda.current_stream(target))
+            yield frames
+        else:
+            yield torch.from_numpy(np.asarray(output.at(index)))
+
+
+def _crops_of_video(
+    plan: VideoPlan,
+    out_size: tuple[int, int],
+    device: str,
+    sequence_length: int,
+    sequences_per_run: int,
+    num_threads: int,
+    stats: DecodeStats,
+) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
+    """(record indices, crops uint8 [H, W, 3]) run by run for one video; RuntimeError from DALI propagates
+    after the crops of the runs before it were yielded."""
+    pipe = dali_video_stream_pipeline(sequence_length, sequences_per_run, device, num_threads)
+    try:
+        pipe.feed_input(VIDEO_INPUT, [np.fromfile(plan.video.path, dtype=np.uint8)])
+        tasks, position, first_frame = plan.tasks, 0, 0
+        while position < len(tasks):
+            (output,) = pipe.run()
+            indices, crops = [], []
+            for frames in _sequences(output, device):
+                stats.decoded_frames += frames.shape[0]
+                end = first_frame + frames.shape[0]
+                while position < len(tasks) and tasks[position].frame < end:
+                    task = tasks[position]
+                    crops.append(crop_and_resize_tensor(frames[task.frame - first_frame], task.box, out_size))
+                    indices.append(task.record_index)
+                    position += 1
+                first_frame = end
+            if len(output) == 0 or (position < len(tasks) and len(output) < sequences_per_run):
+                raise RuntimeError(
+                    f"{plan.video.path}: DALI's stream ended after {first_frame} frames, before frame "
+                    f"{tasks[position].frame}"
+                )
+            yield indices, crops
+    finally:
+        del pipe
 
 
 def crop_records_dali(
     records: Sequence[CropRecord],
     out_size: tuple[int, int],
     device: str = "cpu",
-    chunk_len: int = 16,
-    chunks_per_batch: int = 8,
+    sequence_length: int = 8,
+    sequences_per_run: int = 4,
     num_threads: int = 2,
     stats: DecodeStats | None = None,
     video_cache: dict[str, VideoInfo] | None = None,
@@ -173,48 +141,31 @@ def crop_records_dali(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Decode and crop ``records`` with DALI; yields (record indices int64 [n], crops uint8 [n, H, W, 3]).
 
-    One yield per pipeline batch (``chunks_per_batch`` chunks, n ≤ chunks_per_batch·chunk_len), crops on
-    the GPU for device="gpu". Videos whose codec DALI cannot decode on ``device`` are skipped and counted
-    (``build_crop_loader(backend="auto")`` sends them to PyAV instead). A batch on which DALI raises is
-    skipped and counted (its records under ``dali_batch_error``), or, when ``failed_records`` is a list,
-    its record indices are appended there for another decoder to retry; the pipeline is rebuilt after it.
+    One yield per pipeline run with crops (a run holds ``sequences_per_run × sequence_length`` frames of
+    one video), crops on the GPU for device="gpu". Videos whose codec DALI cannot decode on ``device`` are
+    skipped and counted (``build_crop_loader(backend="auto")`` sends them to PyAV instead). When DALI raises
+    on a video (a damaged file, or a stream shorter than its index), the video's records not yet served
+    are skipped and counted under ``dali_batch_error``, or, when ``failed_records`` is a list, appended
+    there for another decoder to retry; the next video gets a new pipeline.
     """
     stats = DecodeStats() if stats is None else stats
     supported = dali_codecs(device)
-    plans = []
     for plan in plan_video_crops(records, stats, video_cache):
-        if plan.video.codec in supported:
-            plans.append(plan)
-        else:
+        if plan.video.codec not in supported:
             stats.skip_records(UNSUPPORTED_CODEC, plan.video.path, [task.record_index for task in plan.tasks])
-    chunks = make_chunks(plans, out_size, chunk_len)
-    batches = [chunks[start : start + chunks_per_batch] for start in range(0, len(chunks), chunks_per_batch)]
-    next_batch = 0
-    while next_batch < len(batches):
-        pipe = dali_video_crop_pipeline(
-            _ChunkFeeder(batches, next_batch), chunks_per_batch, out_size, device, num_threads
-        )
+            continue
+        served: set[int] = set()
         try:
-            pipe.build()
-            while next_batch < len(batches):
-                crops, indices = pipe.run()
-                record_indices, crop_tensor = _to_torch(crops, indices, device)
-                stats.decoded_frames += sum(len(chunk.frames) for chunk in batches[next_batch])
-                stats.crops += len(record_indices)
-                next_batch += 1
-                yield record_indices, crop_tensor
-        except StopIteration:
-            break
+            for indices, crops in _crops_of_video(
+                plan, out_size, device, sequence_length, sequences_per_run, num_threads, stats
+            ):
+                if indices:
+                    served.update(indices)
+                    stats.crops += len(indices)
+                    yield torch.tensor(indices, dtype=torch.int64), torch.stack(crops)
         except RuntimeError:
-            failed = [
-                int(index) for chunk in batches[next_batch] for index in chunk.record_indices if index >= 0
-            ]
+            failed = [task.record_index for task in plan.tasks if task.record_index not in served]
             if failed_records is None:
-                for chunk in batches[next_batch]:
-                    indices = [int(index) for index in chunk.record_indices if index >= 0]
-                    stats.skip_records(DALI_BATCH_ERROR, chunk.path, indices)
+                stats.skip_records(DALI_BATCH_ERROR, plan.video.path, failed)
             else:
                 failed_records.extend(failed)
-            next_batch += 1
-        finally:
-            del pipe

@@ -17,6 +17,7 @@ downscaling (box more than 2× the output) aliases and is better avoided by choo
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 Box = tuple[int, int, int, int]
 
@@ -38,35 +39,43 @@ def crop_to_output_affine(box: Box, out_size: tuple[int, int]) -> np.ndarray:
     return np.array([[w / out_w, 0.0, x], [0.0, h / out_h, y]], dtype=np.float32)
 
 
-def _sample_positions(start: int, extent: int, out_extent: int, limit: int) -> tuple[np.ndarray, ...]:
+def _sample_positions(
+    start: int, extent: int, out_extent: int, limit: int, device: torch.device
+) -> tuple[torch.Tensor, ...]:
     """Lower/upper source indices and the upper weight for one axis (centre coordinates, border clamp)."""
-    centres = start + (np.arange(out_extent, dtype=np.float64) + 0.5) * (extent / out_extent) - 0.5
-    centres = np.clip(centres, 0.0, limit - 1.0)
-    lower = np.floor(centres).astype(np.int64)
-    upper = np.minimum(lower + 1, limit - 1)
-    return lower, upper, (centres - lower).astype(np.float32)
+    steps = torch.arange(out_extent, dtype=torch.float64, device=device)
+    centres = (start + (steps + 0.5) * (extent / out_extent) - 0.5).clamp(0.0, limit - 1.0)
+    lower = centres.floor().to(torch.int64)
+    upper = (lower + 1).clamp(max=limit - 1)
+    return lower, upper, (centres - lower).to(torch.float32)
 
 
-def crop_and_resize(frame: np.ndarray, box: Box, out_size: tuple[int, int] | None) -> np.ndarray:
-    """Crop ``box`` from ``frame`` (uint8 [H, W, C]) and resize it to ``out_size`` (H, W) by the rule above.
+def crop_and_resize_tensor(frame: torch.Tensor, box: Box, out_size: tuple[int, int] | None) -> torch.Tensor:
+    """Crop ``box`` from ``frame`` (uint8 [H, W, C] torch tensor, on any device) and resize it to
+    ``out_size`` (H, W) by the rule above, on the frame's device.
 
     ``box`` must already be clipped to the frame. ``out_size=None`` returns the exact pixels of the box
     (a copy). Returns uint8 [out_h, out_w, C] (or [h, w, C]).
     """
     x, y, w, h = box
     if out_size is None:
-        return np.ascontiguousarray(frame[y : y + h, x : x + w])
+        return frame[y : y + h, x : x + w].clone()
     out_h, out_w = out_size
     if out_h <= 0 or out_w <= 0:
         raise ValueError(f"out_size must be two positive integers (H, W), got {out_size!r}")
-    rows_lo, rows_hi, row_weight = _sample_positions(y, h, out_h, frame.shape[0])
-    cols_lo, cols_hi, col_weight = _sample_positions(x, w, out_w, frame.shape[1])
+    rows_lo, rows_hi, row_weight = _sample_positions(y, h, out_h, frame.shape[0], frame.device)
+    cols_lo, cols_hi, col_weight = _sample_positions(x, w, out_w, frame.shape[1], frame.device)
     # Bilinear is separable: blend the needed rows of the box's region, then the needed columns.
-    region = frame[rows_lo[0] : rows_hi[-1] + 1, cols_lo[0] : cols_hi[-1] + 1]
-    rows_lo, rows_hi = rows_lo - rows_lo[0], rows_hi - rows_lo[0]
-    cols_lo, cols_hi = cols_lo - cols_lo[0], cols_hi - cols_lo[0]
+    top, left = int(rows_lo[0]), int(cols_lo[0])
+    region = frame[top : int(rows_hi[-1]) + 1, left : int(cols_hi[-1]) + 1].to(torch.float32)
+    rows_lo, rows_hi, cols_lo, cols_hi = rows_lo - top, rows_hi - top, cols_lo - left, cols_hi - left
     row_weight = row_weight[:, None, None]
-    rows = region[rows_lo].astype(np.float32) * (1 - row_weight) + region[rows_hi] * row_weight
+    rows = region[rows_lo] * (1 - row_weight) + region[rows_hi] * row_weight
     col_weight = col_weight[None, :, None]
     blended = rows[:, cols_lo] * (1 - col_weight) + rows[:, cols_hi] * col_weight
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    return blended.round().clamp(0, 255).to(torch.uint8)
+
+
+def crop_and_resize(frame: np.ndarray, box: Box, out_size: tuple[int, int] | None) -> np.ndarray:
+    """``crop_and_resize_tensor`` for a numpy frame (uint8 [H, W, C]): uint8 numpy [out_h, out_w, C]."""
+    return crop_and_resize_tensor(torch.from_numpy(np.ascontiguousarray(frame)), box, out_size).numpy()

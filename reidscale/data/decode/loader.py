@@ -140,8 +140,8 @@ def build_crop_loader(
     backend: str = "auto",
     device: str = "cpu",
     drop_last: bool = False,
-    chunk_len: int = 16,
-    chunks_per_batch: int = 8,
+    sequence_length: int = 8,
+    sequences_per_run: int = 4,
     num_threads: int = 2,
 ) -> CropLoader:
     """Loader yielding (record indices int64 [B], uint8 crops [B, out_h, out_w, 3]) on ``device``.
@@ -153,7 +153,8 @@ def build_crop_loader(
              file). Batches come DALI videos first, then PyAV ones; indices say which record each crop
              belongs to.
     device:  "cpu" or "gpu" (DALI decodes with NVDEC and crops on the GPU; PyAV crops are moved there).
-    chunk_len / chunks_per_batch / num_threads: DALI sample and batch sizes and CPU threads.
+    sequence_length / sequences_per_run / num_threads: DALI streams each video as sequences of
+             ``sequence_length`` frames, ``sequences_per_run`` per pipeline run, with that many CPU threads.
     The last batch may be smaller unless ``drop_last``. Skipped records are counted in ``loader.stats``.
     """
     if backend not in BACKENDS:
@@ -169,7 +170,11 @@ def build_crop_loader(
         raise RuntimeError("backend='dali' needs nvidia-dali (pip install nvidia-dali-cuda130)")
     if backend == "auto" and not dali_available():
         backend = "pyav"
-    options = {"chunk_len": chunk_len, "chunks_per_batch": chunks_per_batch, "num_threads": num_threads}
+    options = {
+        "sequence_length": sequence_length,
+        "sequences_per_run": sequences_per_run,
+        "num_threads": num_threads,
+    }
     return CropLoader(records, batch_size, tuple(out_size), backend, device, drop_last, options)
 
 

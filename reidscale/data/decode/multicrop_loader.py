@@ -2,13 +2,12 @@
 
 Two view implementations read the same ``MultiCropSpec`` (``reidscale.data.views``):
 
-* DALI (``dali_multicrop``) on the decoder's device. The decode pipeline of ``dali_pipeline`` emits one
-  DALI sample per *chunk* (a sequence of crops sharing one file parse), while every view must draw its
+* DALI (``dali_multicrop``) on the decoder's device. The decoder of ``dali_pipeline`` streams each video
+  as sequences of frames and crops their boxes on the same device, while every view must draw its
   random choices per crop, so the views run in a second DALI pipeline on the same device whose samples
-  are single crops. On a GPU the crops go from the decode pipeline into a CUDA torch tensor and from it
-  into the view pipeline by device-to-device copies, and the views land in CUDA torch tensors: no host
-  round trip anywhere. Merging the two graphs would need a sequence → batch split, which DALI's graph
-  cannot express (a pipeline's batch size is fixed by its inputs).
+  are single crops. On a GPU the frames go from the decode pipeline into CUDA torch tensors, are cropped
+  there, and the crops go into the view pipeline by device-to-device copies, and the views land in CUDA
+  torch tensors: no host round trip anywhere.
 * torch (``TorchMultiCrop``) on the CPU, for PyAV crops or when DALI is absent; views are moved to the
   loader's device afterwards.
 
@@ -140,8 +139,8 @@ def build_view_loader(
     view_backend: str = "auto",
     seed: int | None = None,
     drop_last: bool = False,
-    chunk_len: int = 16,
-    chunks_per_batch: int = 8,
+    sequence_length: int = 8,
+    sequences_per_run: int = 4,
     num_threads: int = 2,
 ) -> ViewLoader:
     """Loader yielding (record indices int64 [B], views list[float32 [B, 3, h, w]]) in ``spec``'s order.
@@ -172,8 +171,8 @@ def build_view_loader(
         backend=backend,
         device=device,
         drop_last=drop_last,
-        chunk_len=chunk_len,
-        chunks_per_batch=chunks_per_batch,
+        sequence_length=sequence_length,
+        sequences_per_run=sequences_per_run,
         num_threads=num_threads,
     )
     return ViewLoader(crop_loader, spec, _resolve_view_backend(view_backend, crop_loader.backend), seed)

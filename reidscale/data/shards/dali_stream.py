@@ -116,14 +116,14 @@ class DaliShardViewLoader:
         if len(sampler.pids) != len(shards):
             raise ValueError(f"the sampler knows {len(sampler.pids)} rows, the shard set has {len(shards)}")
         self.shards, self.sampler, self.spec = shards, sampler, spec
-        self.seed, self.epoch, self.device = int(seed), 0, device
+        self.seed, self.device = int(seed), device
         self.num_threads, self.prefetch = int(num_threads), int(prefetch)
         self.skipped: Counter[str] = Counter()
         self.skipped_rows: list[tuple[int, str]] = []
 
     def set_epoch(self, epoch: int) -> None:
+        """Select the epoch (the sampler's, which seeds the views when the epoch is iterated)."""
         self.sampler.set_epoch(epoch)
-        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -134,7 +134,7 @@ class DaliShardViewLoader:
 
         from reidscale.data.views.dali_views import dali_multicrop
 
-        seed = view_seed(self.seed, self.epoch, self.sampler.rank * 1_000_003 + restart) % 2**31
+        seed = view_seed(self.seed, self.sampler.epoch, self.sampler.rank * 1_000_003 + restart) % 2**31
         pipe = Pipeline(
             batch_size=self.sampler.batch_size,
             num_threads=self.num_threads,

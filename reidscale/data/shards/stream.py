@@ -111,13 +111,15 @@ class CropViewLoader:
         self.skipped_rows: list[tuple[int, str]] = []
 
     def set_epoch(self, epoch: int) -> None:
+        """Select the epoch (the sampler's; the views follow the sampler's epoch when iterated, so a trainer
+        that only calls ``sampler.set_epoch`` gets the same batches)."""
         self.sampler.set_epoch(epoch)
-        self.dataset.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.dataset.set_epoch(self.sampler.epoch)
         loader = DataLoader(
             self.dataset,
             batch_sampler=self.sampler,
