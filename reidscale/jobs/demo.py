@@ -1,11 +1,13 @@
 """``reidscale demo`` (``make demo``): the main job end to end on generated data, in a few minutes.
 
 1. builds the ``demo`` synthetic corpus (videos + tracklets + a Market-format folder) unless it exists;
-2. launches ``reidscale pretrain --config configs/scl_demo.yaml`` under the ``deepspeed`` launcher with
-   2 ranks (CPU, gloo) — or one rank per GPU, at most 2, when CUDA is available — rendezvousing on a
-   free port (or ``--port``), which decodes the tracklet crops, trains selective contrastive learning on
-   them and evaluates the model on the held-out synthetic query/gallery before and after;
-3. prints the before/after table (mAP, R1, mINP) from ``<out>/results.json``, the rank-list PNG and where
+2. packs its tracklet boxes into JPEG crop shards (``reidscale pack``) at the run's input size, in
+   ``<out>_shards`` beside the run folder, unless a complete pack of the same corpus is there;
+3. launches ``reidscale pretrain --config configs/scl_demo.yaml`` reading those shards under the
+   ``deepspeed`` launcher with 2 ranks (CPU, gloo) — or one rank per GPU, at most 2, when CUDA is
+   available — rendezvousing on a free port (or ``--port``), which trains selective contrastive learning
+   on the selected crops and evaluates the model on the held-out synthetic query/gallery before and after;
+4. prints the before/after table (mAP, R1, mINP) from ``<out>/results.json``, the rank-list PNG and where
    the offline wandb run is.
 """
 
@@ -46,6 +48,40 @@ def build_demo_corpus(data_dir: Path, seed: int = 0) -> bool:
         return False
     build_corpus(data_dir, "demo", seed=seed, workers=min(2, os.cpu_count() or 1), overwrite=True)
     return True
+
+
+def shards_folder(out_dir: Path) -> Path:
+    """Where the demo packs its corpus: ``<out>_shards`` beside the run folder (the run folder itself is
+    replaced by every demo; the pack is kept and reused)."""
+    return out_dir.parent / f"{out_dir.name}_shards"
+
+
+def pack_demo_corpus(data_dir: Path, shards_dir: Path, overrides: list[str]) -> str:
+    """Pack the corpus's tracklet boxes into ``shards_dir`` at the input size of the demo's configuration
+    (with ``overrides``), or finish / reuse a pack already there; returns the line the demo prints."""
+    from reidscale.config import load_config
+    from reidscale.data.manifests import load_manifest
+    from reidscale.data.pretrain_set import resolve_decode_device
+    from reidscale.data.shards.pack import PackSettings, pack_manifest
+    from reidscale.jobs.roots import root_for
+
+    config = load_config(root_for("pretrain"), DEMO_CONFIG, overrides)
+    data = config.pretrain_data
+    manifest = load_manifest("video_tracklets", data_dir, **data.manifest_options)
+    settings = PackSettings(
+        size=config.model.input_size,
+        decode_backend=data.decode_backend,
+        decode_device=resolve_decode_device(data.decode_device),
+        num_threads=min(2, os.cpu_count() or 1),
+    )
+    source = {"kind": "video_tracklets", "path": str(data_dir.resolve())}
+    report = pack_manifest(manifest, shards_dir, source, settings, log=lambda line: None)
+    if not report.shards_written:
+        return f"reusing the crop shards in {shards_dir} ({report.crops} crops)"
+    return (
+        f"packed {report.crops} crops into {shards_dir} ({report.bytes_per_crop / 1024:.1f} KiB per "
+        f"{settings.size[0]}x{settings.size[1]} JPEG, {report.seconds:.0f} s)"
+    )
 
 
 def launch_command(ranks: int, config: Path, overrides: list[str], port: int) -> list[str]:
@@ -98,7 +134,7 @@ def clear_earlier_demo_run(out_dir: Path) -> bool:
 
 
 def run_demo(out_dir: Path, data_dir: Path | None, overrides: list[str], port: int | None = None) -> dict:
-    """Steps 1–3 of the module docstring (``data_dir`` None: ``data/synth_demo``); returns results.json's
+    """Steps 1–4 of the module docstring (``data_dir`` None: ``data/synth_demo``); returns results.json's
     content. ``port``: the launcher's rendezvous port; None takes one free on this machine when launching,
     so two demos can run side by side."""
     data_dir = DEMO_DATA if data_dir is None else data_dir
@@ -112,10 +148,13 @@ def run_demo(out_dir: Path, data_dir: Path | None, overrides: list[str], port: i
         print(f"[demo] reusing the synthetic corpus in {data_dir}")
     if clear_earlier_demo_run(out_dir):
         print(f"[demo] replaced the earlier demo run in {out_dir}")
+    shards_dir = shards_folder(out_dir)
+    print(f"[demo] {pack_demo_corpus(data_dir, shards_dir, overrides)}")
     settings = [
         f"--run.output_dir={out_dir.parent}",
         f"--run.name={out_dir.name}",
-        f"--pretrain_data.path={data_dir}",
+        "--pretrain_data.source=shards",
+        f"--pretrain_data.path={shards_dir}",
         f"--pretrain.eval_root={data_dir / 'market'}",
         *overrides,
     ]

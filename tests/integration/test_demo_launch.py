@@ -32,6 +32,7 @@ def launched(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[list[str]]
         return subprocess.CompletedProcess(command, 0)
 
     monkeypatch.setattr(demo, "build_demo_corpus", lambda data_dir: False)
+    monkeypatch.setattr(demo, "pack_demo_corpus", lambda data_dir, shards_dir, overrides: "packed")
     monkeypatch.setattr(demo.subprocess, "run", fake_run)
     return commands
 
@@ -64,6 +65,29 @@ def test_demo_takes_a_free_port_by_default(
     monkeypatch.setattr(demo, "free_port", recording_free_port)
     assert main(demo_argv(tmp_path)) == 0
     assert len(chosen) == 1 and [master_port(command) for command in launched] == chosen
+
+
+@pytest.mark.skipif(LAUNCHER_MISSING, reason="the deepspeed launcher is not installed")
+def test_demo_trains_from_the_shards_beside_its_run_folder(tmp_path: Path, launched: list[list[str]]) -> None:
+    assert main(demo_argv(tmp_path)) == 0
+    (command,) = launched
+    assert "--pretrain_data.source=shards" in command
+    assert f"--pretrain_data.path={tmp_path / 'out_shards'}" in command
+
+
+def test_the_demo_packs_its_corpus_at_the_input_size_once(tiny_corpus: Path, tmp_path: Path) -> None:
+    from reidscale.data.manifests import load_manifest
+    from reidscale.data.shards import CropShards
+
+    shards_dir = tmp_path / "demo_shards"
+    line = demo.pack_demo_corpus(tiny_corpus, shards_dir, ["--model.img_size", "[32, 16]"])
+    records = load_manifest("video_tracklets", tiny_corpus).records
+    shards = CropShards(shards_dir)
+    assert line.startswith(f"packed {len(shards)} crops into {shards_dir}") and "per 32x16 JPEG" in line
+    assert len(shards) + len(shards.skipped()) == len(records)
+    assert shards.image(0).shape == (32, 16, 3)
+    again = demo.pack_demo_corpus(tiny_corpus, shards_dir, ["--model.img_size", "[32, 16]"])
+    assert again == f"reusing the crop shards in {shards_dir} ({len(shards)} crops)"
 
 
 def test_demo_refuses_a_bad_port_before_building_anything(
