@@ -263,3 +263,18 @@ def test_the_views_follow_the_samplers_epoch(shards: CropShards) -> None:
     loader.sampler.set_epoch(2)
     for mine, theirs in zip(list(loader), by_loader, strict=True):
         assert all(torch.equal(a, b) for a, b in zip(mine["views"], theirs["views"], strict=True))
+
+
+def test_the_stream_backend_is_torch_on_the_cpu_and_dali_on_a_gpu(shards: CropShards, monkeypatch) -> None:
+    from reidscale.data.shards import streams
+
+    assert streams.resolve_stream_backend("auto", "cpu") == "torch"
+    monkeypatch.setattr(streams, "dali_available", lambda: True)
+    assert streams.resolve_stream_backend("auto", "gpu") == "dali"
+    assert isinstance(streams.build_view_stream(shards, sampler_of(shards), SPEC), CropViewLoader)
+    monkeypatch.setattr(streams, "dali_available", lambda: False)
+    assert streams.resolve_stream_backend("auto", "gpu") == "torch"
+    with pytest.raises(RuntimeError, match="the dali stream needs nvidia-dali"):
+        streams.resolve_stream_backend("dali", "cpu")
+    with pytest.raises(ValueError, match=r"stream backend must be one of \('auto', 'torch', 'dali'\)"):
+        streams.resolve_stream_backend("pil", "cpu")
