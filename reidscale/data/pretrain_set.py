@@ -40,6 +40,7 @@ from reidscale.utils.dist import get_rank, get_world_size
 from reidscale.utils.options import option
 
 DECODE_DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
+VIEW_BACKENDS: tuple[str, ...] = ("auto", "torch", "dali")
 #: what pre-training reads: a manifest (decoded once into a crop cache) or a shard set (``reidscale pack``)
 PRETRAIN_SOURCES: tuple[str, ...] = (*MANIFEST_KINDS, "shards")
 logger = logging.getLogger(__name__)
@@ -78,7 +79,16 @@ class PretrainDataConfig:
     flip_prob: float = option(
         0.5, "probability of a horizontal flip per training image (the only augmentation)"
     )
-    num_workers: int = option(0, "DataLoader worker processes reading the cache")
+    num_workers: int = option(
+        0, "DataLoader worker processes reading the crops and drawing the views (torch stream)"
+    )
+    view_backend: Literal["auto", "torch", "dali"] = option(
+        "auto",
+        "how training images are read and flipped: torch (DataLoader workers, CPU), dali (shard sets only: "
+        "JPEGs decoded and flipped by DALI on the decode device, nvJPEG on a GPU) or auto (dali for a shard "
+        "set on a GPU when DALI is installed, else torch)",
+    )
+    prefetch: int = option(2, "batches prepared ahead (per worker for torch, by the pipeline for dali)")
 
     def __post_init__(self) -> None:
         if self.source not in PRETRAIN_SOURCES:
@@ -96,8 +106,7 @@ class PretrainDataConfig:
                 f"pretrain_data.manifest_options has {unknown}, not options of the {self.source!r} reader "
                 f"(it takes {list(known)})"
             )
-        minimum = {"frame_stride": 1, "max_per_tracklet": 0}
-        minimum["num_workers"] = 0
+        minimum = {"frame_stride": 1, "max_per_tracklet": 0, "num_workers": 0, "prefetch": 1}
         for name, least in minimum.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
@@ -109,6 +118,15 @@ class PretrainDataConfig:
         if self.decode_backend not in BACKENDS:
             raise ValueError(
                 f"pretrain_data.decode_backend must be one of {BACKENDS}, got {self.decode_backend!r}"
+            )
+        if self.view_backend not in VIEW_BACKENDS:
+            raise ValueError(
+                f"pretrain_data.view_backend must be one of {VIEW_BACKENDS}, got {self.view_backend!r}"
+            )
+        if self.view_backend == "dali" and self.source != "shards":
+            raise ValueError(
+                "pretrain_data.view_backend dali reads shard sets only (source: shards; pack a corpus with "
+                f"`reidscale pack`), got source {self.source!r}"
             )
         if self.decode_device is not None and self.decode_device not in DECODE_DEVICES:
             raise ValueError(

@@ -91,7 +91,9 @@ def run_training(config: Any, spec: MethodSpec) -> TrainSummary:
         rank, world = get_rank(), get_world_size()
         train_settings(spec, config, world, batches_per_epoch=1)  # bad settings refused before data is read
         data = spec.build_data(config, rank, world)
-        loader = DataLoader(data.dataset, batch_sampler=data.batch_sampler, num_workers=data.num_workers)
+        loader = data.loader
+        if loader is None:
+            loader = DataLoader(data.dataset, batch_sampler=data.batch_sampler, num_workers=data.num_workers)
         train_config = train_settings(spec, config, world, len(loader))
         torch.manual_seed(config.run.seed)  # the same initial weights on every rank
         objective = spec.build_objective(config, backbone_from_config(config.model), data)

@@ -3,6 +3,7 @@ evaluation), the indexed image set of ``pretrain_data`` as training data, and th
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,9 +13,11 @@ import torch
 
 from reidscale.config.compose import Section
 from reidscale.data.datasets import DATASET_NAMES
-from reidscale.data.pretrain_set import PretrainDataConfig, build_pretrain_set
+from reidscale.data.pretrain_set import PretrainDataConfig, PretrainImageSet, build_pretrain_set
 from reidscale.methods.spec import DerivedTrain, EvalPlan, TrainingData
 from reidscale.utils.options import option
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,10 +70,59 @@ INDEXED_IMAGES_SECTION = Section(
 )
 
 
+class ImageBatches:
+    """The batches of an indexed image set, ``{"image" [B, 3, H, W], "index" [B], "camid" [B], "pid" [B]}``,
+    from a view stream of one view (``shards.CropViewLoader`` or ``DaliShardViewLoader`` with the ``flip``
+    recipe); ``sampler`` is the stream's (the engine selects epochs and resumes through it). Unreadable
+    images come as the mean colour, each named in a warning."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.sampler = stream, stream.sampler
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for batch in self.stream:
+            for index, problem in batch["unreadable"]:
+                logger.warning("pretrain set: image %d replaced by the mean colour: %s", index, problem)
+            yield {
+                "image": batch["views"][0],
+                "index": batch["rows"],
+                "camid": batch["camid"],
+                "pid": batch["pid"],
+            }
+
+
+def image_stream(config: Any, dataset: PretrainImageSet, sampler: Any) -> ImageBatches:
+    """This rank's training batches of ``dataset``: flipped with ``pretrain_data.flip_prob`` per (seed, epoch,
+    image), read by the stream ``pretrain_data.view_backend`` chooses (DALI on the decode device for a shard
+    set, else torch workers), unreadable images kept as the mean colour (the banks need full batches)."""
+    from reidscale.data.pretrain_set import resolve_decode_device
+    from reidscale.data.shards import CropViewLoader, DaliShardViewLoader, ShardCrops
+    from reidscale.data.shards.streams import resolve_stream_backend
+    from reidscale.data.views.spec import flip_only
+
+    data = config.pretrain_data
+    spec = flip_only(config.model.input_size, flip_p=data.flip_prob)
+    device = resolve_decode_device(data.decode_device)
+    backend = resolve_stream_backend(data.view_backend, device)
+    source, seed = dataset.cache, config.run.seed
+    if backend == "dali" and isinstance(source, ShardCrops):
+        threads = max(1, data.num_workers)
+        stream = DaliShardViewLoader(
+            source, sampler, spec, seed, device, threads, data.prefetch, "mean_colour"
+        )
+    else:
+        stream = CropViewLoader(source, sampler, spec, seed, data.num_workers, data.prefetch, "mean_colour")
+    return ImageBatches(stream)
+
+
 def indexed_images(config: Any, rank: int, world_size: int) -> TrainingData:
     """The fixed, indexed image set of ``pretrain_data`` at the input size ``model.img_size``; each rank draws
-    ``pretrain.batch_size / world_size`` images per step. Facts: ``cameras`` [N], ``pids`` [N] (tracklets),
-    ``skipped`` (reader / decode reason → count) and ``skipped_entries`` (the skipped records named).
+    ``pretrain.batch_size / world_size`` images per step through ``image_stream``. Facts: ``cameras`` [N],
+    ``pids`` [N] (tracklets), ``skipped`` (reader / decode reason → count) and ``skipped_entries`` (the
+    skipped records named).
 
     Raises:
         ValueError: ``pretrain.batch_size`` does not split evenly over the ranks.
@@ -95,6 +147,7 @@ def indexed_images(config: Any, rank: int, world_size: int) -> TrainingData:
         dataset=dataset,
         batch_sampler=sampler,
         num_workers=config.pretrain_data.num_workers,
+        loader=image_stream(config, dataset, sampler),
         summary=dataset.summary,
         init_batches=init_batches,
         facts={

@@ -35,6 +35,9 @@ class TrainingData:
         init_batches: ``(start, stop, batch) -> iterator of (index [b], images [b, 3, H, W])`` over the
             rows ``[start, stop)`` without augmentation, handed to ``Objective.setup`` (None = not offered).
         facts: what the objective builder needs to know about the data (e.g. ``cameras``, ``num_pids``).
+        loader: this rank's batches, when the method streams them itself (an iterable once per epoch with a
+            ``sampler`` that has ``set_epoch`` / ``state_dict``, e.g. a view stream); None = the job builds
+            ``DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers)``.
     """
 
     dataset: Any
@@ -43,6 +46,7 @@ class TrainingData:
     summary: str | None = None
     init_batches: InitBatches | None = None
     facts: dict[str, Any] = field(default_factory=dict)
+    loader: Any = None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from reidscale.data.records import CropRecord
 from reidscale.data.sampler import IdentitySampler
-from reidscale.data.shards import CropShards, PackedCrop, ShardSetWriter, read_dali_index
+from reidscale.data.shards import CropShards, PackedCrop, ShardCrops, ShardSetWriter, read_dali_index
 from reidscale.data.shards.stream import UNREADABLE_CROP, CropViewLoader, view_seed
 from reidscale.data.views.spec import cion_multicrop, flip_only
 from reidscale.data.views.torch_views import TorchMultiCrop
@@ -65,7 +65,7 @@ def test_batches_are_the_samplers_rows_with_the_specs_views(shards: CropShards) 
         assert all(pids[i] == pids[i + 1] for i in range(0, 8, 2))  # K = 2 rows per identity, in a row
         assert [tuple(view.shape) for view in batch["views"]] == [(8, 3, 32, 16)] * 2 + [(8, 3, 16, 8)] * 2
         assert batch["camid"].tolist() == [row % 3 for row in batch["rows"].tolist()]
-        assert batch["skipped"] == []
+        assert batch["unreadable"] == []
     row = int(batches[0]["rows"][3])  # the views are the spec's, drawn from (seed, epoch, row)
     image = torch.from_numpy(np.asarray(Image.open(io.BytesIO(jpeg_of(row))).convert("RGB")).copy())
     expected = TorchMultiCrop(SPEC, seed=view_seed(3, 0, row), layout="HWC")(image)
@@ -120,8 +120,8 @@ def test_a_crop_that_cannot_be_read_is_left_out_and_named(shards: CropShards) ->
     tar.write_bytes(bytes(raw))
     loader = CropViewLoader(shards, sampler_of(shards), SPEC, seed=3)
     batches = epoch_batches(loader)
-    damaged = [batch for batch in batches if batch["skipped"]]
-    assert len(damaged) == 1 and damaged[0]["skipped"][0][0] == 25
+    damaged = [batch for batch in batches if batch["unreadable"]]
+    assert len(damaged) == 1 and damaged[0]["unreadable"][0][0] == 25
     assert len(damaged[0]["rows"]) == 7 and 25 not in damaged[0]["rows"].tolist()
     assert all(view.shape[0] == 7 for view in damaged[0]["views"])
     assert loader.skipped == {UNREADABLE_CROP: 1}
@@ -166,7 +166,7 @@ def test_dali_batches_are_the_samplers_rows_with_the_specs_views(shards: CropSha
         assert batch["camid"].tolist() == [row % 3 for row in batch["rows"].tolist()]
         assert [tuple(view.shape) for view in batch["views"]] == [(8, 3, 32, 16)] * 2 + [(8, 3, 16, 8)] * 2
         assert all(view.dtype == torch.float32 and view.device.type == "cpu" for view in batch["views"])
-        assert batch["skipped"] == []
+        assert batch["unreadable"] == []
 
 
 def test_dali_decodes_the_jpegs_as_pil_does(shards: CropShards) -> None:
@@ -211,8 +211,8 @@ def test_dali_leaves_out_a_crop_that_is_not_a_jpeg_and_names_it(shards: CropShar
     damage(shards, 1, 5, lambda jpeg: b"\0" * 32 + jpeg[32:])  # row 25
     loader = dali_loader(shards)
     batches = epoch_batches(loader)
-    damaged = [batch for batch in batches if batch["skipped"]]
-    assert len(damaged) == 1 and damaged[0]["skipped"][0][0] == 25
+    damaged = [batch for batch in batches if batch["unreadable"]]
+    assert len(damaged) == 1 and damaged[0]["unreadable"][0][0] == 25
     assert len(damaged[0]["rows"]) == 7 and all(view.shape[0] == 7 for view in damaged[0]["views"])
     assert loader.skipped == {UNREADABLE_CROP: 1}
     assert (
@@ -278,3 +278,39 @@ def test_the_stream_backend_is_torch_on_the_cpu_and_dali_on_a_gpu(shards: CropSh
         streams.resolve_stream_backend("dali", "cpu")
     with pytest.raises(ValueError, match=r"stream backend must be one of \('auto', 'torch', 'dali'\)"):
         streams.resolve_stream_backend("pil", "cpu")
+
+
+@pytest.mark.parametrize("stream", ["torch", "dali"])
+def test_mean_colour_keeps_the_batch_size_with_a_flat_image_in_place(shards: CropShards, stream: str) -> None:
+    """For methods that need every batch whole: the unreadable row stays, its views flat at the mean
+    colour (zeros after normalisation, up to JPEG rounding on the DALI side), and it is still named."""
+    damage(shards, 1, 5, lambda jpeg: b"\0" * 32 + jpeg[32:])  # row 25
+    flat = flip_only((40, 20), flip_p=0.0)
+    if stream == "torch":
+        loader = CropViewLoader(shards, sampler_of(shards), flat, seed=3, unreadable="mean_colour")
+    else:
+        loader = dali_loader(shards, flat, unreadable="mean_colour")
+    batches = epoch_batches(loader)
+    assert all(len(batch["rows"]) == 8 for batch in batches)
+    (damaged,) = [batch for batch in batches if batch["unreadable"]]
+    position = damaged["rows"].tolist().index(25)
+    assert damaged["unreadable"][0][0] == 25 and loader.skipped == {UNREADABLE_CROP: 1}
+    assert damaged["views"][0][position].abs().max().item() < 0.03
+    others = [i for i in range(8) if i != position]
+    assert damaged["views"][0][others].abs().max().item() > 0.5
+
+
+def test_dali_reads_chosen_rows_of_a_shard_set(shards: CropShards) -> None:
+    chosen = ShardCrops(shards, np.arange(0, 72, 2), size=None)  # every other row: 36 items
+    sampler = IdentitySampler(chosen.rows["pid"], 6, 3, rank=0, world_size=1, seed=5)
+    batches = epoch_batches(dali_loader(chosen, flip_only((40, 20), flip_p=0.0), sampler=sampler))
+    for batch in batches:
+        items = batch["rows"].numpy()
+        assert items.max() < 36 and batch["pid"].tolist() == shards.table["pid"][2 * items].tolist()
+    first = batches[0]
+    row = 2 * int(first["rows"][0])
+    pixels = torch.from_numpy(shards.image(row)).permute(2, 0, 1).float() / 255
+    mean, std = torch.tensor(SPEC.mean).view(3, 1, 1), torch.tensor(SPEC.std).view(3, 1, 1)
+    assert (first["views"][0][0] * std + mean - pixels).abs().max().item() <= 2 / 255 + 1e-6
+    with pytest.raises(ValueError, match="the sampler knows 72 rows, the crops are 36"):
+        dali_loader(chosen, sampler=sampler_of(shards))

@@ -17,11 +17,11 @@ from reidscale.data.video_probe import VideoInfo, VideoOpenError, probe_video
 
 BACKENDS: tuple[str, ...] = ("auto", "dali", "pyav")
 #: The codecs ``backend="auto"`` sends to DALI, per device: those where DALI was measured faster than PyAV.
-#: CPU: none. On 3,000-frame clips (benchmarks/bench_long_video.py, results/long_video.csv) PyAV served MJPEG
-#: boxes 5 to 25× and VP9 boxes 2 to 24× faster than DALI's CPU decoder, which decodes from the start of the
-#: file for every sample, so its cost grows with the boxes' position (boxes in the last tenth 4.8× (MJPEG)
-#: and 11× (VP9) slower than in the first; PyAV seeks to the keyframe: 0.94–1.06×). GPU: every codec NVDEC
-#: decodes (not yet measured).
+#: CPU: none. On 3,000-frame clips with a box on every 5th frame (benchmarks/bench_long_video.py,
+#: results/long_video.csv) PyAV served 2.9× (MJPEG) and 1.2× (VP9) more crops per second than DALI's CPU
+#: decoder over the whole clip: DALI streams every frame up to the last box, PyAV decodes only from the
+#: keyframe before each wanted frame (and never a frame twice). GPU: every codec NVDEC decodes (not yet
+#: measured).
 AUTO_DALI_CODECS: dict[str, frozenset[str]] = {"cpu": frozenset(), "gpu": DALI_GPU_CODECS}
 
 
