@@ -139,13 +139,6 @@ class PretrainDataConfig:
             )
 
 
-def _group_key(record: CropRecord) -> tuple:
-    """The tracklet a record belongs to: its tracklet number, else (video, camera, pid) for image folders."""
-    if record.tracklet >= 0:
-        return ("tracklet", record.tracklet)
-    return ("pid", record.video, record.camera, record.pid)
-
-
 def spread_evenly(count: int, keep: int) -> list[int]:
     """``keep`` of ``count`` positions, one at the centre of each of ``keep`` equal slices:
     ``floor((2j + 1) · count / (2 · keep))`` for j = 0..keep−1 (all of them when keep >= count)."""
@@ -162,10 +155,34 @@ def select_records(manifest: Manifest, frame_stride: int, max_per_tracklet: int)
 
 
 def select_positions(records: Sequence[CropRecord], frame_stride: int, max_per_tracklet: int) -> list[int]:
-    """The positions in ``records`` that per-tracklet subsampling keeps, ascending.
+    """``select_rows`` over a list of records (their tracklet, video, camera, pid and frame)."""
+    videos = np.unique(np.array([record.video for record in records], dtype=str), return_inverse=True)[1]
+    rows = select_rows(
+        tracklet=np.array([record.tracklet for record in records], dtype=np.int64),
+        video=videos.astype(np.int64),
+        camera=np.array([record.camera for record in records], dtype=np.int64),
+        pid=np.array([record.pid for record in records], dtype=np.int64),
+        frame=np.array([record.frame for record in records], dtype=np.int64),
+        frame_stride=frame_stride,
+        max_per_tracklet=max_per_tracklet,
+    )
+    return rows.tolist()
 
-    Each tracklet's records (by tracklet number, or by (video, camera, pid) when ``tracklet == -1``, as in
-    image-folder manifests) are ordered by (frame, position); the 1st, (1+k)th, (1+2k)th … are kept
+
+def select_rows(
+    tracklet: np.ndarray,
+    video: np.ndarray,
+    camera: np.ndarray,
+    pid: np.ndarray,
+    frame: np.ndarray,
+    frame_stride: int,
+    max_per_tracklet: int,
+) -> np.ndarray:
+    """The rows that per-tracklet subsampling keeps, ascending (int64 [M]), from per-row int arrays [N]
+    (``video`` as any integer code of the video): vectorised, for tables of millions of rows.
+
+    Each tracklet's rows (by tracklet number, or by (video, camera, pid) when ``tracklet == -1``, as in
+    image-folder manifests) are ordered by (frame, row); the 1st, (1+k)th, (1+2k)th … are kept
     (k = ``frame_stride``), then, when more than ``max_per_tracklet`` > 0 remain, ``spread_evenly`` picks
     that many of them.
     """
@@ -173,16 +190,36 @@ def select_positions(records: Sequence[CropRecord], frame_stride: int, max_per_t
         raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
     if max_per_tracklet < 0:
         raise ValueError(f"max_per_tracklet must be >= 0 (0 = no cap), got {max_per_tracklet}")
-    groups: dict[tuple, list[int]] = {}
-    for position, record in enumerate(records):
-        groups.setdefault(_group_key(record), []).append(position)
-    kept: list[int] = []
-    for positions in groups.values():
-        ordered = sorted(positions, key=lambda p: (records[p].frame, p))[::frame_stride]
-        if max_per_tracklet:
-            ordered = [ordered[i] for i in spread_evenly(len(ordered), max_per_tracklet)]
-        kept.extend(ordered)
-    return sorted(kept)
+    count = len(frame)
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    group = np.asarray(tracklet, dtype=np.int64).copy()
+    loose = group < 0
+    if loose.any():  # rows without a tracklet: one group per (video, camera, pid), numbered after them
+        keys = np.stack([video[loose], camera[loose], pid[loose]], axis=1)
+        group[loose] = (
+            int(group.max(initial=-1)) + 1 + np.unique(keys, axis=0, return_inverse=True)[1].ravel()
+        )
+    rows = np.arange(count, dtype=np.int64)
+    order = np.lexsort((rows, np.asarray(frame, dtype=np.int64), group))
+    sorted_group = group[order]
+    first = np.r_[True, sorted_group[1:] != sorted_group[:-1]]
+    group_start = np.maximum.accumulate(np.where(first, rows, 0))
+    kept = order[(rows - group_start) % frame_stride == 0]  # the stride, within each group in frame order
+    if max_per_tracklet:
+        kept_group = group[kept]
+        starts = np.flatnonzero(np.r_[True, kept_group[1:] != kept_group[:-1]])
+        sizes = np.diff(np.r_[starts, len(kept)])
+        capped = sizes > max_per_tracklet
+        picks = np.ones(len(kept), dtype=bool)
+        picks[np.repeat(capped, sizes)] = False
+        j = np.tile(np.arange(max_per_tracklet), int(capped.sum()))
+        size_of = np.repeat(sizes[capped], max_per_tracklet)
+        picks[
+            np.repeat(starts[capped], max_per_tracklet) + (2 * j + 1) * size_of // (2 * max_per_tracklet)
+        ] = True
+        kept = kept[picks]
+    return np.sort(kept)
 
 
 class PretrainImageSet(Dataset):
@@ -340,9 +377,10 @@ def _shard_image_set(config: PretrainDataConfig, image_size: tuple[int, int]) ->
     from reidscale.data.shards import CropShards, ShardCrops
 
     shards = CropShards(config.path)
-    records = [shards.record(row) for row in range(len(shards))]
-    rows = select_positions(records, config.frame_stride, config.max_per_tracklet)
-    if not rows:
+    table = shards.table
+    columns = {name: table[name].astype(np.int64) for name in ("tracklet", "video", "camera", "pid", "frame")}
+    rows = select_rows(**columns, frame_stride=config.frame_stride, max_per_tracklet=config.max_per_tracklet)
+    if not len(rows):
         raise ValueError(f"pretrain_data: the shard set at {config.path!r} stores no crops")
     dataset = PretrainImageSet(ShardCrops(shards, np.asarray(rows), image_size), config.flip_prob)
     skipped = shards.skipped()
@@ -404,5 +442,6 @@ __all__ = [
     "resolve_cache_dir",
     "resolve_decode_device",
     "select_records",
+    "select_rows",
     "spread_evenly",
 ]

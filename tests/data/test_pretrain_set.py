@@ -517,3 +517,36 @@ def test_a_damaged_jpeg_in_the_shards_becomes_the_mean_colour_and_is_named(
     assert "image 7 replaced by the mean colour" in caplog.text
     assert "shard-000000.tar: record 0000000007: the image does not decode" in caplog.text
     assert dataset[6]["image"].abs().sum() > 0  # its neighbours are read as before
+
+
+def literal_selection(tracklet, video, camera, pid, frame, frame_stride: int, max_per_tracklet: int) -> list:
+    """The selection rule as written: group, order by (frame, row), every k-th, then ``spread_evenly``."""
+    groups: dict[tuple, list[int]] = {}
+    for row in range(len(frame)):
+        key = ("t", tracklet[row]) if tracklet[row] >= 0 else ("p", video[row], camera[row], pid[row])
+        groups.setdefault(key, []).append(row)
+    kept = []
+    for rows in groups.values():
+        ordered = sorted(rows, key=lambda r: (frame[r], r))[::frame_stride]
+        if max_per_tracklet:
+            ordered = [ordered[i] for i in spread_evenly(len(ordered), max_per_tracklet)]
+        kept.extend(ordered)
+    return sorted(kept)
+
+
+def test_the_vectorised_selection_is_the_rule_as_written() -> None:
+    from reidscale.data.pretrain_set import select_rows
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        n = int(rng.integers(0, 400))
+        table = {
+            "tracklet": rng.integers(-1, 15, n),  # -1: image rows grouped by (video, camera, pid)
+            "video": rng.integers(0, 3, n),
+            "camera": rng.integers(-1, 2, n),
+            "pid": rng.integers(0, 4, n),
+            "frame": rng.integers(-1, 40, n),  # repeated frames: ties broken by row
+        }
+        stride, cap = int(rng.integers(1, 5)), int(rng.integers(0, 6))
+        got = select_rows(**table, frame_stride=stride, max_per_tracklet=cap)
+        assert got.tolist() == literal_selection(*table.values(), stride, cap), (trial, stride, cap)

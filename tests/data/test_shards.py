@@ -73,6 +73,8 @@ def test_rows_read_back_every_byte_and_field_in_position_order(tmp_path: Path) -
         expected = np.asarray(Image.open(io.BytesIO(stored[position].jpeg)).convert("RGB"))
         assert np.array_equal(shards.image(row), expected)
     assert shards.table["pid"].tolist() == [p // 4 for p in positions]
+    assert "sources" not in shards.table and "source" not in shards.table  # read per shard when named
+    assert [shards.record(row) for row in (8, 0, 5)] == [stored[p].record for p in (9, 0, 6)]  # any order
     assert [entry.crops for entry in shards.info.shards] == [4, 3, 2]
     assert shards.info.shards[1].skipped == {"decode_error": 1}
     assert shards.skipped() == [SkippedRecord("/corpus/videos/v2.mp4", 5, "decode_error")]

@@ -36,23 +36,22 @@ def _tar_header_member(header: bytes) -> tuple[str, int]:
 
 
 def _merge_tables(tables: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """One record table from the shards' tables (string indices remapped to the union of their tables)."""
+    """One record table of the shards' numeric fields and videos (video indices remapped to the union of the
+    shards' video names); the per-image ``source`` paths stay in the shards' own tables (millions of
+    strings for image corpora, needed only to name a record)."""
     merged: dict[str, np.ndarray] = {}
-    for index_field, strings_field in (("source", "sources"), ("video", "videos")):
-        names = sorted({str(name) for table in tables for name in table[strings_field]})
-        position = {name: i for i, name in enumerate(names)}
-        remapped = [
-            np.array([position[str(name)] for name in table[strings_field]], dtype=np.int32)[
-                table[index_field]
-            ]
-            if len(table[index_field])
-            else np.zeros(0, dtype=np.int32)
-            for table in tables
-        ]
-        merged[index_field] = np.concatenate(remapped) if remapped else np.zeros(0, dtype=np.int32)
-        merged[strings_field] = np.array(names, dtype=str)
+    names = sorted({str(name) for table in tables for name in table["videos"]})
+    position = {name: i for i, name in enumerate(names)}
+    remapped = [
+        np.array([position[str(name)] for name in table["videos"]], dtype=np.int32)[table["video"]]
+        if len(table["video"])
+        else np.zeros(0, dtype=np.int32)
+        for table in tables
+    ]
+    merged["video"] = np.concatenate(remapped) if remapped else np.zeros(0, dtype=np.int32)
+    merged["videos"] = np.array(names, dtype=str)
     for name in ROW_FIELDS:
-        if name not in merged:
+        if name not in merged and name != "source":
             parts = [table[name] for table in tables]
             empty = np.zeros((0, 4) if name == "box" else (0,), dtype=np.int64)
             merged[name] = np.concatenate(parts) if parts else empty
@@ -62,7 +61,8 @@ def _merge_tables(tables: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 class CropShards:
     """A finished shard set, read by row.
 
-    table:  the merged record table (``data.record_table``), row r = the r-th stored crop
+    table:  the merged record table (``data.record_table``) without the per-image ``source`` paths (read
+            from the shard's own table by ``record``), row r = the r-th stored crop
     info:   the set's ``ShardSetInfo``
     """
 
@@ -74,8 +74,10 @@ class CropShards:
                 f"{self.folder}: {len(self.info.shards)} of {self.info.num_shards} shards are finished "
                 "(packing was interrupted); run the same pack command again to finish it"
             )
-        tables = [self._load_table(index) for index in range(self.info.num_shards)]
-        self.table = _merge_tables(tables)
+        self.table = _merge_tables(
+            [self._load_table(index, keep_sources=False) for index in range(self.info.num_shards)]
+        )
+        self._source_table: tuple[int, dict[str, np.ndarray]] | None = None  # the last shard named
         counts = np.array([entry.crops for entry in self.info.shards], dtype=np.int64)
         self._first_row = np.concatenate([[0], np.cumsum(counts)])
         self._indices: dict[int, list[list[IndexEntry]]] = {}
@@ -84,7 +86,9 @@ class CropShards:
     def _path(self, shard: int, suffix: str) -> Path:
         return self.folder / (self.info.shards[shard].name + suffix)
 
-    def _load_table(self, shard: int) -> dict[str, np.ndarray]:
+    def _load_table(self, shard: int, keep_sources: bool = True) -> dict[str, np.ndarray]:
+        """Shard ``shard``'s record table, checked (ShardError naming the file); without its ``source`` /
+        ``sources`` arrays unless ``keep_sources``."""
         path = self._path(shard, ".npz")
         try:
             with np.load(path, allow_pickle=False) as stored:
@@ -99,6 +103,8 @@ class CropShards:
             raise ShardError(
                 f"{path}: {rows} rows, but shards.json says the shard stores {self.info.shards[shard].crops}"
             )
+        if not keep_sources:
+            del table["source"], table["sources"]
         return table
 
     def __len__(self) -> int:
@@ -122,7 +128,11 @@ class CropShards:
         return shard, row - int(self._first_row[shard])
 
     def record(self, row: int) -> CropRecord:
-        return table_record(self.table, row)
+        """Row ``row`` as the ``CropRecord`` it was packed from (its source read from its shard's table)."""
+        shard, local = self.locate(row)
+        if self._source_table is None or self._source_table[0] != shard:
+            self._source_table = (shard, self._load_table(shard))
+        return table_record(self._source_table[1], local)
 
     def _samples(self, shard: int) -> list[list[IndexEntry]]:
         if shard not in self._indices:
