@@ -1,0 +1,9 @@
+"""CION, stage 2: identity-guided self-distillation.
+
+See docs/methods.md#stage-2-identity-guided-self-distillation.
+"""
+
+from reidscale.objectives.cion.center import update_center
+from reidscale.objectives.cion.loss import identity_distillation_loss
+
+__all__ = ["identity_distillation_loss", "update_center"]
