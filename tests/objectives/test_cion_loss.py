@@ -10,34 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from reidscale.objectives.cion import identity_distillation_loss, update_center
-
-
-def literal_loss(teacher_out, student_out, center, k, teacher_temp=0.04, student_temp=0.1):
-    """The loss exactly as the formula reads: every pair (a, v ≠ a), the all-rows cross entropy plus one
-    cross entropy per ordered pair of different images (i, j) of the identities, over K(K − 1) + 1."""
-    batch = teacher_out.shape[0] // 2
-    views = student_out.shape[0] // batch
-    p = [
-        F.softmax((t - center.reshape(1, -1)) / teacher_temp, dim=-1)
-        for t in teacher_out.detach().split(batch)
-    ]
-    q = [F.log_softmax(s / student_temp, dim=-1) for s in student_out.split(batch)]
-
-    def cross_entropy(target, log_probs):
-        return -(target * log_probs).sum(dim=-1).mean()
-
-    pairs = []
-    for a in range(2):
-        for v in range(views):
-            if v == a:
-                continue
-            total = cross_entropy(p[a], q[v])
-            for i in range(k):
-                for j in range(k):
-                    if i != j:
-                        total = total + cross_entropy(p[a][i::k], q[v][j::k])
-            pairs.append(total / (k * (k - 1) + 1))
-    return torch.stack(pairs).mean()
+from tests.support.reference.cion_loss import literal_loss
 
 
 def random_case(identities: int, k: int, views: int, prototypes: int, seed: int, dtype=torch.float64):
