@@ -86,8 +86,9 @@ def identity_distillation_loss(
     crossed = torch.zeros(2, dtype=dtype, device=student_out.device)  # Σ_{v≠a} Σ_n P̄_a·Q̄_v
     for v, chunk in enumerate(student_out.split(batch)):
         q = F.log_softmax(chunk.to(dtype) / student_temp, dim=-1).reshape(identities, k, prototypes)
-        d = torch.einsum("ankc,nkc->a", p, q)  # D_{a,v} for both a
-        c = torch.einsum("anc,nc->a", p_sum, q.sum(dim=1))
+        # both anchors at once as matrix-vector products: no [2, B, C] product is ever formed
+        d = p.reshape(2, -1) @ q.reshape(-1)  # D_{a,v}
+        c = p_sum.reshape(2, -1) @ q.sum(dim=1).reshape(-1)  # Σ_n P̄_a[n]·Q̄_v[n]
         keep = torch.ones(2, dtype=dtype, device=student_out.device)
         if v < 2:
             keep[v] = 0.0  # the pair (a, a) is not used
