@@ -24,7 +24,7 @@ from reidscale.engine.config import (
 )
 from reidscale.engine.deepspeed_config import render_deepspeed_config, write_deepspeed_config
 from reidscale.engine.distributed import DistInfo, distributed, setup, teardown
-from reidscale.engine.ema import ema_update_
+from reidscale.engine.ema import ema_master, ema_update_
 from reidscale.engine.guards import NonFiniteLossError, NonFiniteReport, check_finite
 from reidscale.engine.param_groups import apply_schedule, build_optimizer, build_param_groups
 from reidscale.engine.preemption import PreemptionFlag
@@ -53,6 +53,7 @@ __all__ = [
     "clip_engine_per_param_",
     "clip_per_param_",
     "distributed",
+    "ema_master",
     "ema_update_",
     "grad_accumulation",
     "linear_warmup",

@@ -5,6 +5,13 @@ parameters of the same shape; when teacher and student are both partitioned the 
 slice without communication. Otherwise (a plain teacher next to a partitioned student, or mixed layouts)
 the partitioned parameters are gathered with ``deepspeed.zero.GatheredParameters`` and the teacher's
 partitions are written back from rank 0.
+
+Precision: when the engine trains in bf16 it casts the whole objective, teacher included, and a bf16
+teacher cannot follow a slow average: at momentum 0.9995 the step (1 − m)·(s − t) is below half a bf16
+spacing of t (2⁻⁸ relative) unless s − t is about 8 % of t, so the teacher stops moving. ``ema_master``
+keeps an fp32 copy of the teacher's values (this rank's slices under ZeRO-3); given to ``ema_update_``, the
+average runs on that copy and the teacher receives its rounding. Checkpoint the copy with the run's
+extra state.
 """
 
 from __future__ import annotations
@@ -38,28 +45,55 @@ def _pairs(teacher: nn.Module, student: nn.Module) -> list[tuple[nn.Parameter, n
     return [(t, s) for (_, t), (_, s) in zip(t_named, s_named, strict=True)]
 
 
-def _lerp_(target: torch.Tensor, source: torch.Tensor, momentum: float) -> None:
-    target.mul_(momentum).add_(source.to(target.dtype), alpha=1.0 - momentum)
+def _lerp_(target: torch.Tensor, source: torch.Tensor, momentum: float, master: torch.Tensor | None) -> None:
+    """target ← m·target + (1 − m)·source, on ``master`` (fp32) when given and then copied into target."""
+    average = target if master is None else master
+    average.mul_(momentum).add_(source.to(average.dtype), alpha=1.0 - momentum)
+    if master is not None:
+        target.copy_(master)
+
+
+def _all_sliced(pairs: list[tuple[nn.Parameter, nn.Parameter]]) -> bool:
+    return all(_is_partitioned(t) and _is_partitioned(s) for t, s in pairs)
 
 
 @torch.no_grad()
-def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+def ema_master(teacher: nn.Module, student: nn.Module) -> list[torch.Tensor]:
+    """fp32 copies of the teacher's values, one per parameter, as ``ema_update_`` updates them: this rank's
+    slices when teacher and student are both partitioned by ZeRO-3, else the whole parameters."""
+    pairs = _pairs(teacher, student)
+    if _all_sliced(pairs):
+        return [t.ds_tensor.detach().float().clone() for t, _ in pairs]
+    partitioned = [t for t, _ in pairs if _is_partitioned(t)]
+    with _gathered(partitioned, teacher_partitioned=False):
+        return [t.data.detach().float().clone() for t, _ in pairs]
+
+
+@torch.no_grad()
+def ema_update_(
+    teacher: nn.Module, student: nn.Module, momentum: float, master: list[torch.Tensor] | None = None
+) -> None:
     """In place: every teacher parameter ← momentum · teacher + (1 − momentum) · student.
 
     Parameters are paired in ``named_parameters`` order and must have equal shapes. Buffers (e.g. BN
     running statistics) are not touched. ``momentum`` in [0, 1]: 1 keeps the teacher, 0 copies the student.
+    ``master``: the fp32 copy of ``ema_master`` (see the module doc); the average is taken there and the
+    teacher gets its value in the teacher's dtype.
     """
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum must be in [0, 1], got {momentum}")
     pairs = _pairs(teacher, student)
-    if all(_is_partitioned(t) and _is_partitioned(s) for t, s in pairs):
-        for t_param, s_param in pairs:
-            _lerp_(t_param.ds_tensor, s_param.ds_tensor, momentum)
+    masters: list[torch.Tensor | None] = [None] * len(pairs) if master is None else list(master)
+    if len(masters) != len(pairs):
+        raise ValueError(f"master holds {len(masters)} tensors, the teacher has {len(pairs)} parameters")
+    if _all_sliced(pairs):
+        for (t_param, s_param), copy in zip(pairs, masters, strict=True):
+            _lerp_(t_param.ds_tensor, s_param.ds_tensor, momentum, copy)
         return
     partitioned = [p for pair in pairs for p in pair if _is_partitioned(p)]
     with _gathered(partitioned, teacher_partitioned=any(_is_partitioned(t) for t, _ in pairs)):
-        for t_param, s_param in pairs:
-            _lerp_(t_param.data, s_param.data, momentum)
+        for (t_param, s_param), copy in zip(pairs, masters, strict=True):
+            _lerp_(t_param.data, s_param.data, momentum, copy)
 
 
 def _gathered(params: list[nn.Parameter], teacher_partitioned: bool) -> Any:

@@ -27,7 +27,7 @@ from reidscale.engine.config import (
     check_train_config,
 )
 from reidscale.engine.deepspeed_config import render_deepspeed_config, write_deepspeed_config
-from reidscale.engine.ema import ema_update_
+from reidscale.engine.ema import ema_master, ema_update_
 from reidscale.engine.guards import check_finite
 from reidscale.engine.param_groups import apply_schedule, build_optimizer, build_param_groups
 from reidscale.engine.preemption import PreemptionFlag
@@ -230,6 +230,36 @@ def test_ema_update_formula() -> None:
         ema_update_(nn.Linear(3, 2), nn.Linear(2, 3), 0.5)
     with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\]"):
         ema_update_(teacher, student, 1.5)
+
+
+def test_an_fp32_master_lets_a_bf16_teacher_follow_a_slow_average() -> None:
+    """At momentum 0.9995 a bf16 teacher at 1.0 never moves towards a student at 2.0 (each step, 5e-4, is
+    below half the bf16 spacing at 1, 2^-8); with the fp32 master it follows the closed form
+    t_n = 2 - m^n, rounded to bf16 in the teacher."""
+    teacher, student = nn.Linear(4, 3).bfloat16(), nn.Linear(4, 3).bfloat16()
+    with torch.no_grad():
+        for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
+            t.fill_(1.0)
+            s.fill_(2.0)
+    stuck = [p.detach().clone() for p in teacher.parameters()]
+    stuck_teacher = nn.Linear(4, 3).bfloat16()
+    with torch.no_grad():
+        for p, value in zip(stuck_teacher.parameters(), stuck, strict=True):
+            p.copy_(value)
+    master = ema_master(teacher, student)
+    assert all(copy.dtype == torch.float32 for copy in master)
+    for _ in range(200):
+        ema_update_(teacher, student, 0.9995, master)
+        ema_update_(stuck_teacher, student, 0.9995)
+    expected = 2.0 - 0.9995**200  # 1.0952
+    assert all(torch.allclose(copy, torch.full_like(copy, expected), rtol=0, atol=1e-5) for copy in master)
+    assert all(
+        p.dtype == torch.bfloat16 and torch.all(p == torch.tensor(expected).bfloat16())
+        for p in teacher.parameters()
+    )
+    assert all(torch.all(p == 1.0) for p in stuck_teacher.parameters())  # the bf16 copy never moved
+    with pytest.raises(ValueError, match="master holds 1 tensors, the teacher has 2 parameters"):
+        ema_update_(teacher, student, 0.9, master[:1])
 
 
 def test_per_param_clipping_hand_values() -> None:

@@ -110,6 +110,9 @@ def test_zero_stage_matches_plain_torch(
             torch.testing.assert_close(got["teacher"][key], ref_teacher[key].detach(), atol=ATOL, rtol=RTOL)
         for key, value in got["weights"].items():  # EMA of a zero plain teacher, momentum 0.25
             torch.testing.assert_close(got["gathered_ema"][key], 0.75 * value, atol=1e-7, rtol=1e-6)
+            # the run's teacher (sliced under ZeRO-3) through its fp32 master copy, momentum 0.5
+            expected = 0.5 * got["mastered"]["before"][key] + 0.5 * value
+            torch.testing.assert_close(got["mastered"]["after"][key], expected, atol=1e-7, rtol=1e-6)
     mean_losses = [(a + b) / 2 for a, b in zip(ranks[0]["losses"], ranks[1]["losses"], strict=True)]
     assert mean_losses == pytest.approx(ref_losses, rel=1e-5)
     assert _full_data_loss(got["weights"]) < _full_data_loss(None)  # training lowered the loss

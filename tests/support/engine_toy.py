@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from reidscale.engine.ema import ema_update_
+from reidscale.engine.ema import ema_master, ema_update_
 from reidscale.objectives.base import Objective, StepOutput
 from tests.support.ports import free_port
 from tests.support.processes import run_command
@@ -233,7 +233,12 @@ def run_zero(out: Path) -> None:
         for param in zeros_teacher.parameters():
             param.data.zero_()
         ema_update_(zeros_teacher, objective.net, 0.25)  # plain teacher, student partitioned under ZeRO-3
-        _save(out, name, objective, result, {"gathered_ema": full_state(zeros_teacher)})
+        before = full_state(objective.teacher)  # the run's own teacher, partitioned like the student
+        master = ema_master(objective.teacher, objective.net)  # fp32: this rank's slices under ZeRO-3
+        ema_update_(objective.teacher, objective.net, 0.5, master)
+        mastered = {"before": before, "after": full_state(objective.teacher)}
+        extra = {"gathered_ema": full_state(zeros_teacher), "mastered": mastered, "teacher": before}
+        _save(out, name, objective, result, extra)  # "teacher": the run's teacher, before the extra update
 
 
 def run_bf16(out: Path) -> None:
