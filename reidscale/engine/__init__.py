@@ -24,13 +24,13 @@ from reidscale.engine.config import (
 )
 from reidscale.engine.deepspeed_config import render_deepspeed_config, write_deepspeed_config
 from reidscale.engine.distributed import DistInfo, distributed, setup, teardown
-from reidscale.engine.ema import ema_master, ema_update_
 from reidscale.engine.guards import NonFiniteLossError, NonFiniteReport, check_finite
 from reidscale.engine.param_groups import apply_schedule, build_optimizer, build_param_groups
 from reidscale.engine.preemption import PreemptionFlag
 from reidscale.engine.schedules import linear_warmup, schedule_values, warmup_cosine
 from reidscale.engine.throughput import StepTimer, peak_memory_mb
 from reidscale.engine.trainer import Trainer, TrainResult, move_batch, seed_everything
+from reidscale.models.ema import ema_master, ema_update_
 
 __all__ = [
     "CheckpointConfig",

@@ -27,11 +27,11 @@ from reidscale.engine.config import (
     check_train_config,
 )
 from reidscale.engine.deepspeed_config import render_deepspeed_config, write_deepspeed_config
-from reidscale.engine.ema import ema_master, ema_update_
 from reidscale.engine.guards import check_finite
 from reidscale.engine.param_groups import apply_schedule, build_optimizer, build_param_groups
 from reidscale.engine.preemption import PreemptionFlag
 from reidscale.engine.schedules import linear_warmup, schedule_values, warmup_cosine
+from reidscale.models.ema import ema_master, ema_update_
 
 
 def test_warmup_cosine_hand_values() -> None:

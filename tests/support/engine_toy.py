@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from reidscale.engine.ema import ema_master, ema_update_
+from reidscale.models.ema import ema_master, ema_update_
 from reidscale.objectives.base import Objective, StepOutput
 from tests.support.ports import free_port
 from tests.support.processes import run_command
