@@ -25,7 +25,7 @@ class PretrainConfig:
     """Unsupervised pre-training (``reidscale pretrain``): method, batch and the periodic evaluation."""
 
     method: str = option(
-        "selective", "pre-training method: selective (`reidscale config pretrain` lists the methods)"
+        "selective", "pre-training method: selective or cion (`reidscale config pretrain` lists the methods)"
     )
     batch_size: int = option(64, "images per global step, split evenly over the ranks")
     eval_dataset: str | None = option(

@@ -27,7 +27,7 @@ from reidscale.jobs.roots import command_sections, every_command_root, root_for
 from reidscale.utils.options import field_doc, option
 
 #: the command each file of configs/ is written for, by file-name prefix
-CONFIG_COMMANDS = {"evaluate": "evaluate", "finetune": "finetune", "scl": "pretrain"}
+CONFIG_COMMANDS = {"evaluate": "evaluate", "finetune": "finetune", "scl": "pretrain", "cion": "pretrain"}
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -173,7 +173,17 @@ def test_each_command_reads_only_its_sections() -> None:
     assert [s.key for s in command_sections("export")] == [*finetune, "export"]  # the run's config + export
     assert [s.key for s in command_sections("extract")] == finetune
     pretrain = [section.key for section in command_sections("pretrain")]
-    assert pretrain == ["run", "tracking", "eval", "train", "model", "pretrain", "pretrain_data", "scl"]
+    assert pretrain == [
+        "run",
+        "tracking",
+        "eval",
+        "train",
+        "model",
+        "pretrain",
+        "pretrain_data",
+        "scl",
+        "cion",
+    ]
     assert [s.key for s in command_sections("demo")] == pretrain
     assert "finetune" in [section.key for section in command_sections("finetune")]
     with pytest.raises(ConfigError, match=r"unknown config key 'scl.temperature'.*valid keys here: run"):

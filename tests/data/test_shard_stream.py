@@ -65,7 +65,7 @@ def test_batches_are_the_samplers_rows_with_the_specs_views(shards: CropShards) 
         assert all(pids[i] == pids[i + 1] for i in range(0, 8, 2))  # K = 2 rows per identity, in a row
         assert [tuple(view.shape) for view in batch["views"]] == [(8, 3, 32, 16)] * 2 + [(8, 3, 16, 8)] * 2
         assert batch["camid"].tolist() == [row % 3 for row in batch["rows"].tolist()]
-        assert batch["unreadable"] == []
+        assert batch["unreadable"] == [] and batch["images_per_id"] == 2
     row = int(batches[0]["rows"][3])  # the views are the spec's, drawn from (seed, epoch, row)
     image = torch.from_numpy(np.asarray(Image.open(io.BytesIO(jpeg_of(row))).convert("RGB")).copy())
     expected = TorchMultiCrop(SPEC, seed=view_seed(3, 0, row), layout="HWC")(image)
@@ -166,7 +166,7 @@ def test_dali_batches_are_the_samplers_rows_with_the_specs_views(shards: CropSha
         assert batch["camid"].tolist() == [row % 3 for row in batch["rows"].tolist()]
         assert [tuple(view.shape) for view in batch["views"]] == [(8, 3, 32, 16)] * 2 + [(8, 3, 16, 8)] * 2
         assert all(view.dtype == torch.float32 and view.device.type == "cpu" for view in batch["views"])
-        assert batch["unreadable"] == []
+        assert batch["unreadable"] == [] and batch["images_per_id"] == 2
 
 
 def test_dali_decodes_the_jpegs_as_pil_does(shards: CropShards) -> None:

@@ -11,20 +11,23 @@ from reidscale.methods.registry import check_method
 
 
 def test_the_registered_methods_and_their_sections() -> None:
-    assert method_names("pretrain") == ("selective",) and method_names("finetune") == ("bot",)
+    assert method_names("pretrain") == ("selective", "cion") and method_names("finetune") == ("bot",)
     assert [s.key for s in method_spec("pretrain", "selective").sections] == [
         "pretrain",
         "pretrain_data",
         "scl",
     ]
+    assert [s.key for s in method_spec("pretrain", "cion").sections] == ["pretrain", "pretrain_data", "cion"]
     assert [s.key for s in method_spec("finetune", "bot").sections] == ["finetune", "bot"]
     assert methods_of("evaluate") == ()
 
 
 def test_unknown_methods_are_refused_with_the_known_ones() -> None:
-    with pytest.raises(ValueError, match=r"pretrain: unknown method 'cion'; known methods: selective"):
-        method_spec("pretrain", "cion")
-    with pytest.raises(ValueError, match=r"pretrain.method must be one of \('selective',\), got 'moco'"):
+    with pytest.raises(ValueError, match=r"pretrain: unknown method 'moco'; known methods: selective, cion"):
+        method_spec("pretrain", "moco")
+    with pytest.raises(
+        ValueError, match=r"pretrain.method must be one of \('selective', 'cion'\), got 'moco'"
+    ):
         check_method("pretrain", "moco", "pretrain.method")
     check_method("pretrain", "selective", "pretrain.method")
     with pytest.raises(ValueError, match=r"pretrain.method must be one of"):

@@ -5,7 +5,7 @@
       ──► fn.decoders.image (device "cpu": libjpeg-turbo threads; "mixed": nvJPEG / the hardware decoder)
       ──► dali_multicrop (the spec's views, on the decoder's device)
       ──► {"rows" [B], "pid" [B], "camid" [B], "views" list[float32 [B, 3, h, w]] on the device,
-           "unreadable": [(row, problem)]}
+           "unreadable": [(row, problem)], "images_per_id": the sampler's K of the epoch}
 
 The batch order is the sampler's, so the stream resumes exactly from the sampler's ``state_dict``. The
 views' random choices come from DALI's generator, seeded per (seed, epoch, rank) when an epoch starts: a
@@ -206,6 +206,7 @@ class DaliShardViewLoader:
             "camid": torch.from_numpy(table["camera"][rows].astype(np.int64)),
             "views": [dali_to_torch(view, torch.float32, self.device) for view in outputs],
             "unreadable": unreadable,
+            "images_per_id": self.sampler.k_now(),
         }
 
     def _sift(self, items: list[int]) -> dict[int, str]:

@@ -5,7 +5,7 @@
           with PIL; from a crop cache: its pixels), the spec's views drawn by ``TorchMultiCrop`` (in
           DataLoader workers, ``prefetch`` batches ahead per worker)
       ──► collate_views: {"rows" [B], "pid" [B], "camid" [B], "views" list[float32 [B, 3, h, w]],
-          "unreadable": [(row, problem)]}
+          "unreadable": [(row, problem)]}, plus "images_per_id": the sampler's K of the epoch
 
 Every row's views are drawn from a generator seeded by (seed, epoch, row), so a batch is the same whatever
 the number of workers, and a run resumed from the sampler's ``state_dict`` sees exactly the views it would
@@ -152,8 +152,9 @@ class CropViewLoader:
             collate_fn=collate_views,
             prefetch_factor=self.prefetch if self.num_workers else None,
         )
+        images_per_id = self.sampler.k_now()
         for batch in loader:
             for row, problem in batch["unreadable"]:
                 self.skipped[UNREADABLE_CROP] += 1
                 self.skipped_rows.append((row, problem))
-            yield batch
+            yield {**batch, "images_per_id": images_per_id}

@@ -9,8 +9,8 @@ with the two global views first)::
     after the optimizer step: teacher ← EMA of the student (on an fp32 master copy), centre ← all-rank update,
     the prototype layer restored while it is frozen
 
-K is the K schedule's value at the step's epoch (the sampler follows the same schedule), τ_t the engine's
-temperature schedule, the EMA momentum the engine's momentum schedule.
+K is the batch's ``images_per_id`` (the view streams give the sampler's K of the epoch), else the K schedule's
+value at the step's epoch; τ_t is the engine's temperature schedule, the EMA momentum its momentum schedule.
 
 Decisions (docs/methods.md): the teacher is a second copy of the network inside the objective, so the engine
 places, casts and partitions it like the student (under ZeRO-3 each rank holds its slices, and the EMA runs
@@ -106,6 +106,7 @@ class CionDistillation(Objective):
                 f"CION expects 2 global + cion.num_local={self.config.num_local} local views, "
                 f"got {len(views)}"
             )
+        images_per_id = int(batch.get("images_per_id", self.images_per_id))  # the sampler's K, if it says
         student_out = self.student(views)
         with torch.no_grad():
             teacher_out = self.teacher(views[:2])
@@ -113,7 +114,7 @@ class CionDistillation(Objective):
             teacher_out,
             student_out,
             self.center,
-            self.images_per_id,
+            images_per_id,
             teacher_temp=self.teacher_temp,
             student_temp=self.config.student_temp,
         )
