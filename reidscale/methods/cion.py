@@ -18,16 +18,8 @@ from reidscale.data.pretrain_set import build_pretrain_set, resolve_decode_devic
 from reidscale.data.sampler import IdentitySampler, KSchedule
 from reidscale.data.views.spec import cion_multicrop
 from reidscale.engine.gather import gathered_state_dict
-from reidscale.methods.pretraining import (
-    INDEXED_IMAGES_SECTION,
-    PRETRAIN_SECTION,
-    derive_pretrain_train,
-    pretrain_eval_plan,
-    pretrain_micro_batch,
-    pretrain_preflight,
-    pretrain_until_step,
-)
-from reidscale.methods.spec import MethodSpec, StateDict, TrainingData
+from reidscale.methods.pretraining import pretrain_micro_batch, pretraining_method
+from reidscale.methods.spec import StateDict, TrainingData
 from reidscale.objectives.cion import CionConfig, CionDistillation
 
 
@@ -107,20 +99,13 @@ def transfer(objective: CionDistillation) -> tuple[StateDict, StateDict | None]:
     return gathered_state_dict(objective.teacher.backbone), None
 
 
-CION = MethodSpec(
+CION = pretraining_method(
     name="cion",
-    command="pretrain",
     description="CION stage 2: identity-guided self-distillation of multi-crop views (student, EMA teacher)",
-    sections=(
-        PRETRAIN_SECTION,
-        INDEXED_IMAGES_SECTION,
-        Section("cion", CionConfig, "CION identity-guided self-distillation: head, temperatures, views, K"),
+    section=Section(
+        "cion", CionConfig, "CION identity-guided self-distillation: head, temperatures, views, K"
     ),
     build_data=cion_views,
     build_objective=build_objective,
-    derive_train=derive_pretrain_train,
-    eval_plan=pretrain_eval_plan,
     transfer=transfer,
-    until_step=pretrain_until_step,
-    preflight=pretrain_preflight,
 )

@@ -4,7 +4,7 @@ evaluation), the indexed image set of ``pretrain_data`` as training data, and th
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ import torch
 from reidscale.config.compose import Section
 from reidscale.data.datasets import DATASET_NAMES
 from reidscale.data.pretrain_set import PretrainDataConfig, PretrainImageSet, build_pretrain_set
-from reidscale.methods.spec import DerivedTrain, EvalPlan, TrainingData
+from reidscale.methods.spec import DerivedTrain, EvalPlan, MethodSpec, TrainingData
 from reidscale.utils.options import option
 
 logger = logging.getLogger(__name__)
@@ -214,3 +214,29 @@ def pretrain_preflight(config: Any) -> list[str]:
             f"(pretrain.eval_dataset={config.pretrain.eval_dataset!r} is evaluated there; null turns it off)"
         )
     return problems
+
+
+def pretraining_method(
+    name: str,
+    description: str,
+    section: Section,
+    build_data: Callable[[Any, int, int], TrainingData],
+    build_objective: Callable[[Any, Any, TrainingData], Any],
+    transfer: Callable[[Any], tuple[dict, dict | None]],
+) -> MethodSpec:
+    """A ``reidscale pretrain`` method: the shared ``pretrain`` and ``pretrain_data`` sections, engine fields,
+    evaluation plan, ``until_step`` and pre-flight checks, plus the method's own ``section``, data,
+    objective and transfer."""
+    return MethodSpec(
+        name=name,
+        command="pretrain",
+        description=description,
+        sections=(PRETRAIN_SECTION, INDEXED_IMAGES_SECTION, section),
+        build_data=build_data,
+        build_objective=build_objective,
+        derive_train=derive_pretrain_train,
+        eval_plan=pretrain_eval_plan,
+        transfer=transfer,
+        until_step=pretrain_until_step,
+        preflight=pretrain_preflight,
+    )

@@ -8,16 +8,8 @@ from typing import Any
 
 from reidscale.config.compose import Section
 from reidscale.engine.gather import gathered_state_dict
-from reidscale.methods.pretraining import (
-    INDEXED_IMAGES_SECTION,
-    PRETRAIN_SECTION,
-    derive_pretrain_train,
-    indexed_images,
-    pretrain_eval_plan,
-    pretrain_preflight,
-    pretrain_until_step,
-)
-from reidscale.methods.spec import MethodSpec, StateDict, TrainingData
+from reidscale.methods.pretraining import indexed_images, pretraining_method
+from reidscale.methods.spec import StateDict, TrainingData
 from reidscale.models.weights import split_prefix
 from reidscale.objectives.selective import SelectiveConfig, SelectiveContrastive
 
@@ -34,24 +26,15 @@ def transfer(objective: SelectiveContrastive) -> tuple[StateDict, StateDict | No
     return split_prefix(gathered_state_dict(objective.net), "backbone.")
 
 
-SELECTIVE = MethodSpec(
+SELECTIVE = pretraining_method(
     name="selective",
-    command="pretrain",
     description="selective contrastive learning: three memory banks, selected positives, hard negatives",
-    sections=(
-        PRETRAIN_SECTION,
-        INDEXED_IMAGES_SECTION,
-        Section(
-            "scl",
-            SelectiveConfig,
-            "selective contrastive learning: heads, memory banks, selection, loss (docs/methods.md)",
-        ),
+    section=Section(
+        "scl",
+        SelectiveConfig,
+        "selective contrastive learning: heads, memory banks, selection, loss (docs/methods.md)",
     ),
     build_data=indexed_images,
     build_objective=build_objective,
-    derive_train=derive_pretrain_train,
-    eval_plan=pretrain_eval_plan,
     transfer=transfer,
-    until_step=pretrain_until_step,
-    preflight=pretrain_preflight,
 )
