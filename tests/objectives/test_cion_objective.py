@@ -43,7 +43,13 @@ def test_the_loss_is_the_distillation_loss_of_the_two_networks() -> None:
         teacher_out, student_out, torch.zeros(64), 2, 0.05, CONFIG.student_temp
     )
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert out.num_images == 8 and set(out.parts) == {"distillation"}
+    assert out.num_images == 8 and set(out.parts) == {"distillation", "teacher_entropy", "student_entropy"}
+    log_c = torch.log(torch.tensor(64.0)).item()
+    assert (
+        0 < out.parts["teacher_entropy"].item() <= log_c and 0 < out.parts["student_entropy"].item() <= log_c
+    )
+    flat = objective.entropies(torch.zeros(16, 64), torch.zeros(32, 64))  # equal outputs: uniform both
+    assert all(value.item() == pytest.approx(log_c, rel=1e-6) for value in flat.values())
     assert teacher_out.shape == (16, 64) and student_out.shape == (32, 64)
     with pytest.raises(ValueError, match=r"CION expects 2 global \+ cion.num_local=2 local views, got 3"):
         objective({"views": crops[:3]})

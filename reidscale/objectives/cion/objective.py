@@ -119,7 +119,22 @@ class CionDistillation(Objective):
             student_temp=self.config.student_temp,
         )
         self._teacher_out = teacher_out.detach()
-        return StepOutput(loss, {"distillation": loss.detach()}, num_images=int(views[0].shape[0]))
+        parts = {"distillation": loss.detach(), **self.entropies(teacher_out, student_out.detach())}
+        return StepOutput(loss, parts, num_images=int(views[0].shape[0]))
+
+    @torch.no_grad()
+    def entropies(self, teacher_out: Tensor, student_out: Tensor) -> dict[str, Tensor]:
+        """Mean entropy (nats) of the teacher's centred, sharpened distributions and of the student's:
+        both near log C means the outputs have collapsed to uniform (what centring alone would cause), a
+        teacher near 0 means they have collapsed to one prototype (what sharpening alone would cause)."""
+        teacher = torch.softmax(
+            (teacher_out.float() - self.center.reshape(1, -1)) / self.teacher_temp, dim=-1
+        )
+        student = torch.log_softmax(student_out.float() / self.config.student_temp, dim=-1)
+        return {
+            "teacher_entropy": -(teacher * teacher.clamp_min(1e-30).log()).sum(-1).mean(),
+            "student_entropy": -(student.exp() * student).sum(-1).mean(),
+        }
 
     @torch.no_grad()
     def after_step(self, step: int, schedule_values: dict[str, float]) -> None:
