@@ -14,11 +14,11 @@ from typing import Any
 import torch
 
 from reidscale.config.compose import Section
-from reidscale.data.pretrain_set import build_pretrain_set, resolve_decode_device
+from reidscale.data.pretrain_set import build_pretrain_set
 from reidscale.data.sampler import IdentitySampler, KSchedule
 from reidscale.data.views.spec import cion_multicrop
 from reidscale.engine.gather import gathered_state_dict
-from reidscale.methods.pretraining import pretrain_micro_batch, pretraining_method
+from reidscale.methods.pretraining import pretrain_micro_batch, pretraining_method, view_stream
 from reidscale.methods.spec import StateDict, TrainingData
 from reidscale.objectives.cion import CionConfig, CionDistillation
 
@@ -36,9 +36,6 @@ def cion_views(config: Any, rank: int, world_size: int) -> TrainingData:
     Raises:
         ValueError: the per-rank batch is not a multiple of every K of the schedule.
     """
-    from reidscale.data.shards import CropViewLoader, DaliShardViewLoader, ShardCrops
-    from reidscale.data.shards.streams import resolve_stream_backend
-
     batch = pretrain_micro_batch(config, world_size)
     schedule = k_schedule(config)
     multiple = reduce(math.lcm, schedule.ks)
@@ -62,21 +59,7 @@ def cion_views(config: Any, rank: int, world_size: int) -> TrainingData:
         dataset.pids, batch, schedule, rank=rank, world_size=world_size, seed=config.run.seed
     )
     spec = cion_multicrop(config.cion.num_local, global_size=size, local_size=(size[0] // 2, size[1] // 2))
-    device = resolve_decode_device(data.decode_device)
-    source, seed = dataset.cache, config.run.seed
-    if resolve_stream_backend(data.view_backend, device) == "dali" and isinstance(source, ShardCrops):
-        stream = DaliShardViewLoader(
-            source,
-            sampler,
-            spec,
-            seed,
-            device,
-            max(1, data.num_workers),
-            data.prefetch,
-            unreadable="mean_colour",
-        )
-    else:
-        stream = CropViewLoader(source, sampler, spec, seed, data.num_workers, data.prefetch, "mean_colour")
+    stream = view_stream(config, dataset, sampler, spec)
     return TrainingData(
         dataset=dataset,
         batch_sampler=sampler,

@@ -94,28 +94,28 @@ class ImageBatches:
             }
 
 
-def image_stream(config: Any, dataset: PretrainImageSet, sampler: Any) -> ImageBatches:
-    """This rank's training batches of ``dataset``: flipped with ``pretrain_data.flip_prob`` per (seed, epoch,
-    image), read by the stream ``pretrain_data.view_backend`` chooses (DALI on the decode device for a shard
-    set, else torch workers), unreadable images kept as the mean colour (the banks need full batches)."""
+def view_stream(config: Any, dataset: PretrainImageSet, sampler: Any, spec: Any) -> Any:
+    """This rank's stream of ``spec``'s views of ``dataset`` under ``pretrain_data``'s settings
+    (``view_backend``: DALI on the decode device for a shard set, else torch workers; ``num_workers``,
+    ``prefetch``), unreadable images kept as the mean colour (the methods need whole batches)."""
     from reidscale.data.pretrain_set import resolve_decode_device
-    from reidscale.data.shards import CropViewLoader, DaliShardViewLoader, ShardCrops
-    from reidscale.data.shards.streams import resolve_stream_backend
-    from reidscale.data.views.spec import flip_only
+    from reidscale.data.shards.streams import build_view_stream
 
     data = config.pretrain_data
-    spec = flip_only(config.model.input_size, flip_p=data.flip_prob)
     device = resolve_decode_device(data.decode_device)
-    backend = resolve_stream_backend(data.view_backend, device)
-    source, seed = dataset.cache, config.run.seed
-    if backend == "dali" and isinstance(source, ShardCrops):
-        threads = max(1, data.num_workers)
-        stream = DaliShardViewLoader(
-            source, sampler, spec, seed, device, threads, data.prefetch, "mean_colour"
-        )
-    else:
-        stream = CropViewLoader(source, sampler, spec, seed, data.num_workers, data.prefetch, "mean_colour")
-    return ImageBatches(stream)
+    return build_view_stream(
+        dataset.cache, sampler, spec, data.view_backend, device, config.run.seed, data.num_workers,
+        data.prefetch, unreadable="mean_colour",
+    )  # fmt: skip
+
+
+def image_stream(config: Any, dataset: PretrainImageSet, sampler: Any) -> ImageBatches:
+    """This rank's training batches of ``dataset`` (``view_stream``), each image flipped with
+    ``pretrain_data.flip_prob`` per (seed, epoch, image)."""
+    from reidscale.data.views.spec import flip_only
+
+    spec = flip_only(config.model.input_size, flip_p=config.pretrain_data.flip_prob)
+    return ImageBatches(view_stream(config, dataset, sampler, spec))
 
 
 def indexed_images(config: Any, rank: int, world_size: int) -> TrainingData:

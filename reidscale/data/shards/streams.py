@@ -10,10 +10,11 @@ no host round trip) when DALI is installed.
 
 from __future__ import annotations
 
+from reidscale.data.crop_source import CropSource
 from reidscale.data.decode.loader import dali_available
 from reidscale.data.sampler import IdentitySampler
 from reidscale.data.shards.dali_stream import DaliShardViewLoader
-from reidscale.data.shards.reader import CropShards
+from reidscale.data.shards.reader import CropShards, ShardCrops
 from reidscale.data.shards.stream import CropViewLoader
 from reidscale.data.views.spec import MultiCropSpec
 
@@ -35,7 +36,7 @@ def resolve_stream_backend(backend: str, device: str) -> str:
 
 
 def build_view_stream(
-    shards: CropShards,
+    crops: CropShards | CropSource,
     sampler: IdentitySampler,
     spec: MultiCropSpec,
     backend: str = "auto",
@@ -43,15 +44,20 @@ def build_view_stream(
     seed: int = 0,
     workers: int = 2,
     prefetch: int = 2,
+    unreadable: str = "leave_out",
 ) -> CropViewLoader | DaliShardViewLoader:
-    """This rank's stream of identity batches of ``spec``'s views from ``shards``.
+    """This rank's stream of identity batches of ``spec``'s views from ``crops``.
 
-    backend:  "torch", "dali" or "auto" (see the module doc)
-    device:   where DALI decodes and draws the views ("cpu" or "gpu"); the torch stream draws them on the
-              CPU whatever ``device`` is (move them with ``.to``), so "gpu" with "torch" still works
-    workers:  DataLoader workers (torch) or DALI CPU threads (dali)
-    prefetch: batches prepared ahead (per worker for torch)
+    crops:      a shard set, chosen rows of one (``ShardCrops``), or any other ``CropSource`` (a crop cache,
+                which only the torch stream reads: DALI decodes JPEGs)
+    backend:    "torch", "dali" or "auto" (see the module doc)
+    device:     where DALI decodes and draws the views ("cpu" or "gpu"); the torch stream draws them on the
+                CPU whatever ``device`` is (move them with ``.to``), so "gpu" with "torch" still works
+    workers:    DataLoader workers (torch) or DALI CPU threads (dali)
+    prefetch:   batches prepared ahead (per worker for torch)
+    unreadable: "leave_out" or "mean_colour" (``stream.UNREADABLE_POLICIES``)
     """
-    if resolve_stream_backend(backend, device) == "dali":
-        return DaliShardViewLoader(shards, sampler, spec, seed, device, max(1, workers), prefetch)
-    return CropViewLoader(shards, sampler, spec, seed, workers, prefetch)
+    jpegs = isinstance(crops, (CropShards, ShardCrops))
+    if resolve_stream_backend(backend, device) == "dali" and jpegs:
+        return DaliShardViewLoader(crops, sampler, spec, seed, device, max(1, workers), prefetch, unreadable)
+    return CropViewLoader(crops, sampler, spec, seed, workers, prefetch, unreadable)
