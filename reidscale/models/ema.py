@@ -2,9 +2,12 @@
 
 Under ZeRO-3 each rank holds a flat slice (``ds_tensor``) of every parameter, cut the same way for two
 parameters of the same shape; when teacher and student are both partitioned the update is done slice by
-slice without communication. Otherwise (a plain teacher next to a partitioned student, or mixed layouts)
-the partitioned parameters are gathered with ``deepspeed.zero.GatheredParameters`` and the teacher's
-partitions are written back from rank 0.
+slice without communication. Small parameters (DeepSpeed's persistent ones, below
+``stage3_param_persistence_threshold``: biases, norms, small convolutions) also stay gathered between
+steps, and the forward pass reads that full copy, not the slice: after the update those teacher parameters
+are gathered again from their new slices (one all-gather). Otherwise (a plain teacher next to a
+partitioned student, or mixed layouts) the partitioned parameters are gathered with
+``deepspeed.zero.GatheredParameters`` and the teacher's partitions are written back from rank 0.
 
 Precision: when the engine trains in bf16 it casts the whole objective, teacher included, and a bf16
 teacher cannot follow a slow average: at momentum 0.9995 the step (1 − m)·(s − t) is below half a bf16
@@ -89,11 +92,23 @@ def ema_update_(
     if _all_sliced(pairs):
         for (t_param, s_param), copy in zip(pairs, masters, strict=True):
             _lerp_(t_param.ds_tensor, s_param.ds_tensor, momentum, copy)
+        _regather([t_param for t_param, _ in pairs])
         return
     partitioned = [p for pair in pairs for p in pair if _is_partitioned(p)]
     with _gathered(partitioned, teacher_partitioned=any(_is_partitioned(t) for t, _ in pairs)):
         for (t_param, s_param), copy in zip(pairs, masters, strict=True):
             _lerp_(t_param.data, s_param.data, momentum, copy)
+
+
+def _regather(params: list[nn.Parameter]) -> None:
+    """Refresh the full copies that ZeRO-3 keeps of gathered (persistent) parameters from their slices: the
+    copy is released (the slice is kept as it is) and gathered again. Every rank holds the same set."""
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    gathered = [param for param in params if param.ds_status == ZeroParamStatus.AVAILABLE]
+    if gathered:
+        gathered[0].partition(gathered, has_been_updated=False)
+        gathered[0].all_gather(gathered)
 
 
 def _gathered(params: list[nn.Parameter], teacher_partitioned: bool) -> Any:

@@ -69,6 +69,12 @@ def test_the_released_k_schedule_scales_with_the_run() -> None:
         CionConfig(k_schedule=[[0.0, 2.5]])
 
 
+@pytest.mark.parametrize(("field", "value"), [("color_jitter_p", 1.5), ("grayscale_p", -0.1), ("hue", 0.6)])
+def test_view_options_out_of_range_are_refused(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=rf"cion\.{field} must lie in"):
+        CionConfig(**{field: value})
+
+
 def test_k_follows_the_schedule_by_epoch() -> None:
     objective = make_objective(steps_per_epoch=2)
     ks = []
@@ -89,7 +95,7 @@ def test_after_a_step_teacher_centre_and_frozen_prototypes() -> None:
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
-        teacher_out = objective._teacher_out.clone()
+        teacher_out = objective.teacher(views(seed=step)[:2]).detach()
         centre_before = objective.center.clone()
         objective.after_step(step, {"momentum": 0.5})
         frozen = torch.equal(objective.student.head.prototypes, prototypes_before)
@@ -101,6 +107,20 @@ def test_after_a_step_teacher_centre_and_frozen_prototypes() -> None:
             assert torch.allclose(teacher, 0.5 * before + 0.5 * student, atol=1e-6)
         teacher_before = [p.detach().clone() for p in objective.teacher.parameters()]
     assert objective.center.abs().sum() > 0
+
+
+def test_the_centre_moves_by_the_mean_of_every_micro_batch_of_a_step() -> None:
+    objective = make_objective()
+    objective.before_step(0, {"temperature": 0.04, "momentum": 0.9})
+    objective({"views": views(seed=5)})  # a skipped step: before_step comes again without after_step
+    objective.before_step(0, {"temperature": 0.04, "momentum": 0.9})
+    micro_batches = [views(seed=1), views(batch=4, seed=2)]  # rows weigh equally: 16 and 8 teacher rows
+    for crops in micro_batches:
+        objective({"views": crops})
+    with torch.no_grad():
+        rows = torch.cat([objective.teacher(crops[:2]) for crops in micro_batches])
+    objective.after_step(0, {"momentum": 0.9})
+    torch.testing.assert_close(objective.center, 0.1 * rows.double().mean(0).float(), rtol=1e-5, atol=1e-7)
 
 
 def test_the_state_survives_a_checkpoint_and_a_wrong_one_is_refused() -> None:

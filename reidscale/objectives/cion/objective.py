@@ -6,8 +6,9 @@ with the two global views first)::
     student_out = head(backbone(views))      one backbone call per resolution run (MultiCropWrapper) [V·B, C]
     teacher_out = teacher(views[:2])         no gradient                                             [2·B, C]
     loss = identity_distillation_loss(teacher_out, student_out, centre, K, τ_t, τ_s)
-    after the optimizer step: teacher ← EMA of the student (on an fp32 master copy), centre ← all-rank update,
-    the prototype layer restored while it is frozen
+    after the optimizer step: teacher ← EMA of the student (on an fp32 master copy), centre ← update with the
+    mean teacher output of the step (all its micro-batches on all ranks),
+    the prototype layer gets no gradient while it is frozen
 
 K is the batch's ``images_per_id`` (the view streams give the sampler's K of the epoch), else the K schedule's
 value at the step's epoch; τ_t is the engine's temperature schedule, the EMA momentum its momentum schedule.
@@ -15,11 +16,11 @@ value at the step's epoch; τ_t is the engine's temperature schedule, the EMA mo
 Decisions (docs/methods.md): the teacher is a second copy of the network inside the objective, so the engine
 places, casts and partitions it like the student (under ZeRO-3 each rank holds its slices, and the EMA runs
 slice by slice); because a bf16 engine casts it too, the average is kept in an fp32 master copy
-(``models.ema.ema_master``) from which the teacher is rounded after every update. Freezing the prototype
-layer during the first epoch is done by restoring its values after each optimizer step (the released code
-drops its gradients before the step; through a DeepSpeed optimizer the gradients are not reachable at that
-point, and restoring the values leaves the weights exactly as frozen ones; the optimizer's moments still see
-those gradients). The centre and the master copy are checkpointed as extra state.
+(``models.ema.ema_master``) from which the teacher is rounded after every update. The prototype layer is
+frozen during the first epoch by cutting its gradient in the forward pass (``CionHead.prototypes_frozen``):
+the released code drops its gradients before the optimizer step, which a DeepSpeed optimizer does not let
+one reach, and writing the old values back after the step would not reach the optimizer's own fp32 copy
+under ZeRO 1-3. The centre and the master copy are checkpointed as extra state.
 """
 
 from __future__ import annotations
@@ -71,7 +72,13 @@ class CionDistillation(Objective):
         if not hasattr(backbone, "feature_dim"):
             raise ValueError(f"backbone {type(backbone).__name__} has no feature_dim")
         self.config, self.k_at = config, k_at
-        head = CionHead(backbone.feature_dim, config.num_prototypes, config.hidden_dim, config.bottleneck_dim)
+        head = CionHead(
+            backbone.feature_dim,
+            config.num_prototypes,
+            config.hidden_dim,
+            config.bottleneck_dim,
+            batchnorm=config.head_batchnorm,
+        )
         self.student = MultiCropWrapper(backbone, head)
         if sync_batchnorm:  # before the engine wraps the objective: its hooks must see the final modules
             self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
@@ -81,8 +88,7 @@ class CionDistillation(Objective):
         self.steps_per_epoch = 1
         self.images_per_id = k_at(0)
         self.teacher_temp = 0.04
-        self._teacher_out: Tensor | None = None
-        self._frozen: Tensor | None = None
+        self._teacher_outs: list[Tensor] = []  # this step's micro-batches (gradient accumulation)
 
     def setup(self, context: TrainingContext) -> None:
         self.steps_per_epoch = max(1, int(context.steps_per_epoch))
@@ -95,9 +101,9 @@ class CionDistillation(Objective):
     def before_step(self, step: int, schedule_values: dict[str, float]) -> None:
         epoch = self.epoch_of(step)
         self.images_per_id = self.k_at(epoch)
+        self._teacher_outs = []  # a skipped step's outputs do not move the centre
         self.teacher_temp = float(schedule_values.get("temperature", self.teacher_temp))
-        frozen = epoch < self.config.freeze_last_layer_epochs
-        self._frozen = _values(self.student.head.prototypes).detach().clone() if frozen else None
+        self.student.head.prototypes_frozen = epoch < self.config.freeze_last_layer_epochs
 
     def forward(self, batch: dict[str, Any]) -> StepOutput:
         views = batch["views"]
@@ -118,7 +124,7 @@ class CionDistillation(Objective):
             teacher_temp=self.teacher_temp,
             student_temp=self.config.student_temp,
         )
-        self._teacher_out = teacher_out.detach()
+        self._teacher_outs.append(teacher_out.detach())
         parts = {"distillation": loss.detach(), **self.entropies(teacher_out, student_out.detach())}
         return StepOutput(loss, parts, num_images=int(views[0].shape[0]))
 
@@ -138,13 +144,12 @@ class CionDistillation(Objective):
 
     @torch.no_grad()
     def after_step(self, step: int, schedule_values: dict[str, float]) -> None:
-        if self._frozen is not None:
-            _values(self.student.head.prototypes).copy_(self._frozen)
-            self._frozen = None
         ema_update_(self.teacher, self.student, float(schedule_values["momentum"]), self.master)
-        if self._teacher_out is not None:
-            self.center = update_center(self.center, self._teacher_out, self.config.center_momentum)
-            self._teacher_out = None
+        if self._teacher_outs:  # the mean over every micro-batch of the step on every rank
+            outputs = self._teacher_outs
+            teacher_out = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+            self.center = update_center(self.center, teacher_out, self.config.center_momentum)
+            self._teacher_outs = []
 
     def extra_state(self) -> dict[str, Any]:
         return {"center": self.center.detach().cpu(), "master": [copy_.cpu() for copy_ in self.master]}
