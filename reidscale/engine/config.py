@@ -50,6 +50,11 @@ class ScheduleConfig:
     """Per-iteration schedules (pure functions of the optimizer step; see ``schedules``)."""
 
     warmup_steps: int = option(0, "linear lr warm-up from warmup_start_lr to optimizer.lr over these steps")
+    warmup_epochs: float = option(
+        0.0,
+        "the lr warm-up in epochs instead (> 0: round(epochs × optimizer steps per epoch) steps, counted "
+        "from the training data; set one of warmup_steps and warmup_epochs)",
+    )
     warmup_start_lr: float = option(0.0, "learning rate at step 0 when warmup_steps > 0")
     min_lr: float = option(0.0, "learning rate at the last step (cosine decay after the warm-up)")
     weight_decay_end: float | None = option(
@@ -145,6 +150,13 @@ def _check_optim_and_clip(config: TrainConfig) -> None:
 def _check_schedule(config: TrainConfig) -> None:
     sched = config.schedule
     _require(sched.warmup_steps >= 0, "schedule.warmup_steps", ">= 0", sched.warmup_steps)
+    _require(sched.warmup_epochs >= 0, "schedule.warmup_epochs", ">= 0", sched.warmup_epochs)
+    _require(
+        not (sched.warmup_epochs and sched.warmup_steps),
+        "schedule.warmup_epochs",
+        "0 when schedule.warmup_steps is set (one warm-up length)",
+        sched.warmup_epochs,
+    )
     _require(sched.warmup_start_lr >= 0, "schedule.warmup_start_lr", ">= 0", sched.warmup_start_lr)
     _require(sched.min_lr >= 0, "schedule.min_lr", ">= 0", sched.min_lr)
     _require(

@@ -11,6 +11,7 @@ Usage, on every rank (``distributed()`` reads the launcher's environment and tea
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -27,7 +28,13 @@ from torch import Tensor
 
 from reidscale.engine.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint, set_rng_state
 from reidscale.engine.clipping import clip_engine_per_param_
-from reidscale.engine.config import TrainConfig, check_train_config, grad_accumulation, plain_dict
+from reidscale.engine.config import (
+    ScheduleConfig,
+    TrainConfig,
+    check_train_config,
+    grad_accumulation,
+    plain_dict,
+)
 from reidscale.engine.data_position import iterate_from, sampler_state
 from reidscale.engine.deepspeed_config import render_deepspeed_config
 from reidscale.engine.guards import NonFiniteLossError, NonFiniteReport, check_finite
@@ -123,6 +130,7 @@ class Trainer:
             raise ValueError("WORLD_SIZE > 1 but no process group: run inside engine.distributed()")
         self.rank = get_rank()
         self.config = check_train_config(config, self.world_size)
+        self.schedule = self.config.schedule  # warmup_epochs resolved when the run knows its data
         self.accumulation = grad_accumulation(config, self.world_size)
         self.run_dir = Path(run_dir)
         self.checkpoint_dir = (
@@ -174,6 +182,14 @@ class Trainer:
             )
         return steps
 
+    def resolved_schedule(self, loader: Iterable[Any]) -> ScheduleConfig:
+        """``config.schedule`` with ``warmup_epochs`` turned into ``warmup_steps`` for this loader."""
+        schedule = self.config.schedule
+        if not schedule.warmup_epochs:
+            return schedule
+        steps = round(schedule.warmup_epochs * self.steps_per_epoch(loader))
+        return dataclasses.replace(schedule, warmup_steps=steps, warmup_epochs=0.0)
+
     def run(self, loader: Iterable[Any], until_step: int | None = None) -> TrainResult:
         """Train to the last step; resume first when ``checkpoint.resume`` says so.
 
@@ -182,6 +198,7 @@ class Trainer:
             SIGTERM, e.g. to split a run over time-limited jobs. None = run to the end.
         """
         total = self.total_steps(loader)
+        self.schedule = self.resolved_schedule(loader)
         stop_at = total if until_step is None else min(until_step, total)
         if stop_at < 1:
             raise ValueError(f"until_step must be >= 1, got {until_step}")
@@ -265,7 +282,7 @@ class Trainer:
     ) -> bool:
         """One optimizer step (``accumulation`` micro-batches); False when the epoch's data ran out first."""
         step = cursor.step
-        values = schedule_values(step, total, self.config.optimizer, self.config.schedule)
+        values = schedule_values(step, total, self.config.optimizer, self.schedule)
         apply_schedule(self.optimizer, values)
         self.objective.before_step(step, values)
         self.timer.reset()

@@ -151,3 +151,25 @@ def test_progress_display_advances_once_per_step(single_rank: None, tmp_path) ->
     tracker = _CountingTracker()
     Trainer(LinearLoss(), _config(tmp_path, "none", max_steps=3), tmp_path, tracker=tracker).run([BATCH] * 3)
     assert tracker.bars == [(3, "train steps", [0, 1, 2])]  # each of the 3 steps counted once
+
+
+def test_warmup_in_epochs_is_counted_from_the_data(single_rank: None, tmp_path) -> None:
+    from reidscale.engine.config import ScheduleConfig
+
+    schedule = ScheduleConfig(warmup_epochs=1.5, warmup_start_lr=0.0)
+    config = _config(tmp_path, "none", max_steps=None, epochs=3, log_every=1, schedule=schedule)
+    tracker = JsonlTracker(tmp_path / "metrics.jsonl")
+    with tracker:  # 2 batches per epoch: 3 warm-up steps of 6, lr 0 → 1/3 → 2/3 → 1, then cosine 1 → 0
+        trainer = Trainer(LinearLoss(), config, tmp_path, tracker=tracker)
+        trainer.run([BATCH] * 2)
+    lrs = [
+        row["schedule/lr"] for row in read_jsonl_history(tmp_path / "metrics.jsonl") if "train/loss" in row
+    ]
+    assert trainer.schedule.warmup_steps == 3
+    assert lrs[:4] == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0]) and lrs[4] < 1.0
+    with pytest.raises(ValueError, match=r"schedule\.warmup_epochs"):
+        Trainer(
+            LinearLoss(),
+            _config(tmp_path, "none", schedule=ScheduleConfig(warmup_epochs=1, warmup_steps=2)),
+            tmp_path,
+        )
