@@ -28,6 +28,14 @@ def k_schedule(config: Any) -> KSchedule:
     return KSchedule(config.cion.k_milestones(config.train.epochs or 100))
 
 
+def released_blur_sigma(size: tuple[int, int]) -> tuple[float, float]:
+    """The released blur sigma range, 0.1-2 pixels of 256×128 global (128×64 local) views, scaled by the
+    input height / 256, so that a smaller input (the CPU demo's 64×32) is blurred by the same fraction of
+    the person and not four times as much."""
+    scale = size[0] / 256
+    return (0.1 * scale, 2.0 * scale)
+
+
 def cion_views(config: Any, rank: int, world_size: int) -> TrainingData:
     """This rank's stream of identity batches of CION's views (2 global views at ``model.img_size``, then
     ``cion.num_local`` local ones at half of it): torch workers on the CPU, DALI for a shard set on a GPU.
@@ -58,7 +66,16 @@ def cion_views(config: Any, rank: int, world_size: int) -> TrainingData:
     sampler = IdentitySampler(
         dataset.pids, batch, schedule, rank=rank, world_size=world_size, seed=config.run.seed
     )
-    spec = cion_multicrop(config.cion.num_local, global_size=size, local_size=(size[0] // 2, size[1] // 2))
+    cion = config.cion
+    spec = cion_multicrop(
+        cion.num_local,
+        global_size=size,
+        local_size=(size[0] // 2, size[1] // 2),
+        color_jitter_p=cion.color_jitter_p,
+        hue=cion.hue,
+        grayscale_p=cion.grayscale_p,
+        blur_sigma=released_blur_sigma(size),
+    )
     stream = view_stream(config, dataset, sampler, spec)
     return TrainingData(
         dataset=dataset,

@@ -79,7 +79,10 @@ def test_cion_recipe_views_and_per_view_probabilities():
         0.2,
         "bicubic",
     )
+    assert global_views.hue == local_views.hue == 0.1
     assert cion_multicrop(num_local=0).num_views == 2
+    plain = cion_multicrop(num_local=2, color_jitter_p=0.5, hue=0.0, grayscale_p=0.0)
+    assert {(g.color_jitter_p, g.hue, g.grayscale_p) for g in plain.groups} == {(0.5, 0.0, 0.0)}
     with pytest.raises(IndexError):
         global_views.blur_prob(2)
 

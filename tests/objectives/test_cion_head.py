@@ -23,6 +23,10 @@ def test_the_layers_are_the_released_ones_and_the_default_is_2_to_the_16() -> No
     assert [type(layer).__name__ for layer in head.mlp] == ["Linear", "GELU", "Linear", "GELU", "Linear"]
     assert head.prototypes.shape == (64, 256) and head.last_layer_parameters() == [head.prototypes]
     assert DEFAULT_PROTOTYPES == 2**16
+    with_bn = CionHead(32, num_prototypes=8, hidden_dim=16, bottleneck_dim=4, batchnorm=True)
+    assert [type(layer).__name__ for layer in with_bn.mlp] == [
+        "Linear", "BatchNorm1d", "GELU", "Linear", "BatchNorm1d", "GELU", "Linear",
+    ]  # fmt: skip
 
 
 def test_outputs_are_cosines_to_the_prototype_directions_whatever_their_norms() -> None:

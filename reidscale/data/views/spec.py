@@ -169,11 +169,24 @@ def cion_multicrop(
     num_local: int = 8,
     global_size: tuple[int, int] = (256, 128),
     local_size: tuple[int, int] = (128, 64),
+    color_jitter_p: float = 0.8,
+    hue: float = 0.1,
+    grayscale_p: float = 0.2,
+    blur_sigma: tuple[float, float] = (0.1, 2.0),
 ) -> MultiCropSpec:
-    """CION's 2 global + ``num_local`` local views (docs/methods.md#cion)."""
+    """CION's 2 global + ``num_local`` local views (docs/methods.md#cion); the colour and blur arguments
+    default to the released recipe (jitter 0.4/0.4/0.2/``hue`` with probability 0.8, grayscale 0.2, blur
+    sigma 0.1-2 pixels of the view at 256×128 / 128×64)."""
     if num_local < 0:
         raise ValueError(f"cion_multicrop: num_local must be >= 0, got {num_local}")
-    photometric = {"flip_p": 0.5, "color_jitter_p": 0.8, "grayscale_p": 0.2, "ratio": (0.4, 0.6)}
+    photometric = {
+        "flip_p": 0.5,
+        "color_jitter_p": color_jitter_p,
+        "hue": hue,
+        "grayscale_p": grayscale_p,
+        "ratio": (0.4, 0.6),
+        "blur_sigma": tuple(blur_sigma),
+    }
     global_views = CropSpec(
         count=2, size=global_size, scale=(0.8, 1.0), blur_p=(1.0, 0.1), solarize_p=(0.0, 0.2), **photometric
     )

@@ -21,12 +21,22 @@ class CionConfig:
 
     num_prototypes: int = option(DEFAULT_PROTOTYPES, "C: prototypes of the head's last layer (2^16)")
     hidden_dim: int = option(HIDDEN_DIM, "width of the head's two hidden layers")
+    head_batchnorm: bool = option(
+        False,
+        "BatchNorm after each hidden Linear of the head (DINO's use_bn_in_head; the released CION head has "
+        "none): keeps a small network's head from mapping every image to one direction",
+    )
     bottleneck_dim: int = option(BOTTLENECK_DIM, "width of the L2-normalised embedding before the prototypes")
     student_temp: float = option(
         0.1, "τ_s of the student's log-softmax (the teacher's τ_t is train.schedule.temperature_*)"
     )
     center_momentum: float = option(0.9, "m of the centre update c ← m·c + (1 − m)·mean(teacher outputs)")
     num_local: int = option(8, "local views per image (128×64 at a 256×128 input: half the input size)")
+    color_jitter_p: float = option(
+        0.8, "probability of colour jitter per view (brightness 0.4, contrast 0.4, saturation 0.2, hue)"
+    )
+    hue: float = option(0.1, "hue jitter range [-hue, hue] in turns (0.1 = ±36°)")
+    grayscale_p: float = option(0.2, "probability of a grayscale view")
     k_schedule: list[list[float]] = option(
         doc="[fraction of the run's epochs, K] milestones of images per identity; the released 2→4→6→8 at "
         "epochs 0, 40, 60, 80 of 100, scaled to train.epochs (first epoch = floor(fraction × epochs))",
@@ -48,6 +58,11 @@ class CionConfig:
             raise ValueError(f"cion.student_temp must be > 0, got {self.student_temp}")
         if not 0.0 <= self.center_momentum <= 1.0:
             raise ValueError(f"cion.center_momentum must lie in [0, 1], got {self.center_momentum}")
+        for name in ("color_jitter_p", "grayscale_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"cion.{name} must lie in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.hue <= 0.5:
+            raise ValueError(f"cion.hue must lie in [0, 0.5], got {self.hue}")
         if self.num_local < 0 or self.freeze_last_layer_epochs < 0:
             raise ValueError("cion.num_local and cion.freeze_last_layer_epochs must be >= 0")
         pairs = [tuple(pair) for pair in self.k_schedule]
