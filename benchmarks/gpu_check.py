@@ -18,16 +18,19 @@ psutil, tqdm and timm. Phases, in order, each with a deadline inside ``--budget`
 5. ``kernels`` and 6. ``selection``: ``benchmarks/gpu_timings.py`` (every kernel backend at the real
    shapes, the selective-contrastive selection at N = 12,936 and 1M; CUDA events after warm-up), each
    with an empty Triton cache, so that the first-call times hold the compilation.
-7. ``train``: ``benchmarks/bench_train.py`` on the GPU, a short configuration, when deepspeed imports.
+7. ``cion``: ``benchmarks/bench_cion_step.py`` on the GPU: one CION step of ResNet50-IBN-a, 120 images,
+   2 + 8 views, bf16 autocast (plain PyTorch: needs no deepspeed).
+8. ``train``: ``benchmarks/bench_train.py`` on the GPU, a short configuration, when deepspeed imports.
 
 Every phase but ``env`` runs in a child process killed at its deadline, so a hang or a crashed CUDA context
 costs only that phase. A phase's deadline is its cap, or less when the later phases' floors would not fit.
 
 Output: the log ``benchmarks/results/gpu_check_<UTC time>.log`` (everything printed, and every child's
-whole output), rows in ``benchmarks/results/gpu_check.csv`` (kernels, selection) and ``train.csv`` (the
-training step), the tests' JUnit XML beside the log; all copied to ``$OUT`` when that variable names a
-folder. The exit status is 1 when a GPU test failed (or the test phase did not finish) or a timed backend
-disagreed with its baseline, else 0. Without torch or without a GPU it prints the plan and exits 0.
+whole output), rows in ``benchmarks/results/gpu_check.csv`` (kernels, selection), ``cion_step.csv`` and
+``train.csv`` (the training steps), the tests' JUnit XML beside the log; all copied to ``$OUT`` when that
+variable names a folder. The exit status is 1 when a GPU test failed (or the test phase did not finish) or
+a timed backend disagreed with its baseline, else 0. Without torch or without a GPU it prints the plan and
+exits 0.
 
     make gpu-check
     PYTHONPATH=. python3 benchmarks/gpu_check.py --phases build,tests --budget 300
@@ -74,6 +77,9 @@ TRAIN_ARGS: tuple[str, ...] = (
     "--timed-steps", "10",
 )  # fmt: skip
 TRAIN_CASES = 3  # ddp, zero0, zero2
+CION_CSV_NAME = "cion_step.csv"
+#: bench_cion_step.py on the GPU: one CION step of ResNet50-IBN-a at the paper's 120 images and 2 + 8 views
+CION_ARGS: tuple[str, ...] = ("--device", "cuda", "--batch", "120", "--warmup", "3", "--repeats", "10")
 #: the wheels deepspeed needs on such a machine, which lacks them (README)
 DEEPSPEED_WHEELS = (
     "deepspeed, hjson, pydantic, pydantic-core, annotated-types, typing-inspection, typing-extensions"
@@ -97,6 +103,7 @@ PHASES: tuple[Phase, ...] = (
     Phase("tests", 180, 30, "pytest -m gpu (JUnit XML: passed / failed / skipped)"),
     Phase("kernels", 150, 20, "benchmarks/gpu_timings.py --part kernels"),
     Phase("selection", 90, 20, "benchmarks/gpu_timings.py --part selection"),
+    Phase("cion", 90, 30, "benchmarks/bench_cion_step.py " + " ".join(CION_ARGS) + " (plain PyTorch)"),
     Phase("train", 150, 45, "benchmarks/bench_train.py " + " ".join(TRAIN_ARGS) + " (needs deepspeed)"),
 )
 PHASE_NAMES: tuple[str, ...] = tuple(phase.name for phase in PHASES)
@@ -398,6 +405,17 @@ class Check:
             status += "; killed at the deadline" if done.returncode is None else f"; rc {done.returncode}"
         return Outcome(status, done.seconds, bool(bad))
 
+    def cion(self, budget: float) -> Outcome:
+        cmd = [self.python(), str(ROOT / "benchmarks" / "bench_cion_step.py"), *CION_ARGS]
+        cmd += ["--output", str(RESULTS / CION_CSV_NAME)]
+        before = count_rows(RESULTS / CION_CSV_NAME)
+        done = run_child(cmd, self.env, budget, self.log)
+        added = count_rows(RESULTS / CION_CSV_NAME) - before
+        if added:
+            self.produced.append(RESULTS / CION_CSV_NAME)
+        ended = {0: "ok", None: "killed at the deadline"}.get(done.returncode, f"rc {done.returncode}")
+        return Outcome(f"{ended}; {added} rows in {RESULTS / CION_CSV_NAME}", done.seconds)
+
     def train(self, budget: float) -> Outcome:
         deepspeed = self.components.get("deepspeed", {})
         if not deepspeed.get("usable"):
@@ -427,6 +445,7 @@ class Check:
             "tests": self.tests,
             "kernels": lambda budget: self.timings("kernels", budget),
             "selection": lambda budget: self.timings("selection", budget),
+            "cion": self.cion,
             "train": self.train,
         }
         for phase in PHASES:
