@@ -405,16 +405,19 @@ class Check:
             status += "; killed at the deadline" if done.returncode is None else f"; rc {done.returncode}"
         return Outcome(status, done.seconds, bool(bad))
 
-    def cion(self, budget: float) -> Outcome:
-        cmd = [self.python(), str(ROOT / "benchmarks" / "bench_cion_step.py"), *CION_ARGS]
-        cmd += ["--output", str(RESULTS / CION_CSV_NAME)]
-        before = count_rows(RESULTS / CION_CSV_NAME)
+    def appending_rows(self, script: str, args: list[str], csv_name: str, budget: float) -> Outcome:
+        """Run ``benchmarks/<script> *args --output <csv>`` as a child; the outcome counts its new rows."""
+        cmd = [self.python(), str(ROOT / "benchmarks" / script), *args, "--output", str(RESULTS / csv_name)]
+        before = count_rows(RESULTS / csv_name)
         done = run_child(cmd, self.env, budget, self.log)
-        added = count_rows(RESULTS / CION_CSV_NAME) - before
+        added = count_rows(RESULTS / csv_name) - before
         if added:
-            self.produced.append(RESULTS / CION_CSV_NAME)
+            self.produced.append(RESULTS / csv_name)
         ended = {0: "ok", None: "killed at the deadline"}.get(done.returncode, f"rc {done.returncode}")
-        return Outcome(f"{ended}; {added} rows in {RESULTS / CION_CSV_NAME}", done.seconds)
+        return Outcome(f"{ended}; {added} rows in {RESULTS / csv_name}", done.seconds)
+
+    def cion(self, budget: float) -> Outcome:
+        return self.appending_rows("bench_cion_step.py", list(CION_ARGS), CION_CSV_NAME, budget)
 
     def train(self, budget: float) -> Outcome:
         deepspeed = self.components.get("deepspeed", {})
@@ -427,15 +430,8 @@ class Check:
             )
             return Outcome("skipped: deepspeed not importable (see the log for how to bring it)")
         per_case = max((budget - 10) / TRAIN_CASES, 30)
-        cmd = [self.python(), str(ROOT / "benchmarks" / "bench_train.py"), *TRAIN_ARGS]
-        cmd += ["--timeout", f"{per_case:.0f}", "--output", str(RESULTS / TRAIN_CSV_NAME)]
-        before = count_rows(RESULTS / TRAIN_CSV_NAME)
-        done = run_child(cmd, self.env, budget, self.log)
-        added = count_rows(RESULTS / TRAIN_CSV_NAME) - before
-        if added:
-            self.produced.append(RESULTS / TRAIN_CSV_NAME)
-        ended = {0: "ok", None: "killed at the deadline"}.get(done.returncode, f"rc {done.returncode}")
-        return Outcome(f"{ended}; {added} rows in {RESULTS / TRAIN_CSV_NAME}", done.seconds)
+        args = [*TRAIN_ARGS, "--timeout", f"{per_case:.0f}"]
+        return self.appending_rows("bench_train.py", args, TRAIN_CSV_NAME, budget)
 
     def run(self) -> int:
         actions: dict[str, Callable[[float], Outcome]] = {
